@@ -1,0 +1,281 @@
+"""One flat JSON config mapped onto a typed dataclass, with ``--set key=value`` overrides.
+
+The seed project's format loads unchanged: numbers may arrive as strings, ``epoch`` is an
+alias of ``epochs``, and the OOD paths use the keys ``svhn``, ``textures``, ``lsun``,
+``lsun-resize``, ``isun`` and ``places365``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+# Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
+OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100")
+
+# JSON spellings that differ from the dataclass field name.
+ALIASES = {"epoch": "epochs", "lsun-resize": "lsun_resize"}
+REQUIRED = ("id_dataset", "save_path")
+
+
+@dataclass
+class Config:
+    """Every key a config file may hold. Defaults follow the paper's ResNet-18 CIFAR-10 recipe."""
+
+    # --- model
+    arch: str = "resnet18"
+    width: float = 1.0
+    num_classes: int | None = None
+    pretrained: bool = False
+    blocks: list[str] | None = None
+    # --- ID data
+    id_dataset: str = ""
+    dataset: str | None = None
+    data_root: str = "./data"
+    download: bool = False
+    image_size: int = 32
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    crop_padding: int = 4
+    hflip: bool = True
+    # --- training
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    milestones: list[int] = field(default_factory=lambda: [50, 75, 90])
+    gamma: float = 0.1
+    seed: int = 0
+    # --- execution
+    device: str = "auto"
+    loader: str = "auto"
+    num_workers: int = 2
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    eval_batch_size: int = 256
+    save_path: str = ""
+    # --- block selection
+    jigsaw_grid: int = 3
+    selection_samples: int | None = None
+    criterion: str = "norm_ratio"
+    # --- OOD benchmark folders (None: not configured)
+    svhn: str | None = None
+    textures: str | None = None
+    lsun: str | None = None
+    lsun_resize: str | None = None
+    isun: str | None = None
+    places365: str | None = None
+    cifar10: str | None = None
+    cifar100: str | None = None
+    places365_samples: int = 10000
+    # --- method hyperparameters
+    odin_temperature: float = 1000.0
+    odin_epsilon: float = 0.0014
+    energy_temperature: float = 1.0
+    react_percentile: float = 90.0
+    dice_sparsity: float = 90.0
+    ash_percentile: float = 90.0
+    knn_k: int = 50
+    vim_dim: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, with JSON spellings (``lsun-resize``)."""
+        out = dataclasses.asdict(self)
+        out["lsun-resize"] = out.pop("lsun_resize")
+        return out
+
+    def ood_paths(self) -> dict[str, str]:
+        """The configured OOD folders, keyed by benchmark name, in table order."""
+        paths = {k: getattr(self, ALIASES.get(k, k)) for k in OOD_KEYS}
+        return {k: v for k, v in paths.items() if v}
+
+    @property
+    def save_dir(self) -> Path:
+        return Path(self.save_path)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+CHOICES = {
+    "device": None,  # free form: auto, cpu, cuda, cuda:1, mps
+    "loader": ("auto", "gpu", "torch"),
+    "amp": ("auto", "bf16", "fp16", "fp32"),
+    "criterion": ("norm_ratio", "auroc"),
+}
+
+
+def _valid_keys() -> list[str]:
+    return sorted([k for k in FIELDS if k != "lsun_resize"] + list(ALIASES))
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Convert ``value`` to the type ``hint``; strings that hold numbers are accepted (seed format)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(key, v, args[0]) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _field_name(key: str) -> str:
+    name = ALIASES.get(key, key)
+    if name not in FIELDS:
+        close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(_valid_keys())}"
+        raise ConfigError(f"unknown config key '{key}'{hint}")
+    return name
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value``; the value is read as JSON when it parses, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a validated :class:`Config` from a flat mapping (JSON spellings allowed)."""
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _field_name(key)
+        try:
+            values[name] = _coerce(key, value, _HINTS[name])
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    missing = [k for k in REQUIRED if not values.get(k)]
+    if missing:
+        raise ConfigError(f"{source}: missing required key '{missing[0]}' (add it to the config file or pass --set {missing[0]}=...)")
+    cfg = Config(**values)
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Range checks that a type cannot express."""
+    def bad(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: config key '{key}' {why}")
+
+    for key, allowed in CHOICES.items():
+        if allowed and getattr(cfg, key) not in allowed:
+            bad(key, f"must be one of {', '.join(allowed)}, got '{getattr(cfg, key)}'")
+    for key in ("epochs", "batch_size", "image_size", "eval_batch_size", "knn_k", "places365_samples", "jigsaw_grid"):
+        if getattr(cfg, key) < 1:
+            bad(key, f"must be at least 1, got {getattr(cfg, key)}")
+    for key in ("lr", "weight_decay", "momentum", "odin_temperature", "energy_temperature", "odin_epsilon"):
+        if getattr(cfg, key) < 0:
+            bad(key, f"must not be negative, got {getattr(cfg, key)}")
+    if cfg.lr == 0:
+        bad("lr", "must be positive, got 0")
+    if cfg.width <= 0:
+        bad("width", f"must be positive, got {cfg.width}")
+    if cfg.num_classes is not None and cfg.num_classes < 2:
+        bad("num_classes", f"must be at least 2, got {cfg.num_classes}")
+    if not 0 < cfg.gamma <= 1:
+        bad("gamma", f"must be in (0, 1], got {cfg.gamma}")
+    if cfg.num_workers < 0:
+        bad("num_workers", f"must not be negative, got {cfg.num_workers}")
+    for m in cfg.milestones:
+        if not 0 < m <= cfg.epochs:
+            bad("milestones", f"has {m}, outside 1..epochs ({cfg.epochs}); lower it or raise epochs")
+    if sorted(cfg.milestones) != cfg.milestones:
+        bad("milestones", f"must be increasing, got {cfg.milestones}")
+    for key in ("react_percentile", "dice_sparsity", "ash_percentile"):
+        if not 0 <= getattr(cfg, key) < 100:
+            bad(key, f"must be in [0, 100), got {getattr(cfg, key)}")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3:
+        bad("mean" if len(cfg.mean) != 3 else "std", "must have 3 values (R, G, B)")
+    if any(s <= 0 for s in cfg.std):
+        bad("std", "must be positive")
+    if cfg.selection_samples is not None and cfg.selection_samples < 1:
+        bad("selection_samples", "must be at least 1")
+    if cfg.vim_dim is not None and cfg.vim_dim < 1:
+        bad("vim_dim", "must be at least 1")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object; a syntax error is reported with its line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass an existing file, e.g. --config conf/digits.json")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a JSON object {{...}}, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: dict[str, Any] | None = None) -> Config:
+    """Load a config file (or ``base``), apply ``key=value`` overrides, validate and return it."""
+    raw = dict(base or {})
+    if path is not None:
+        raw.update(read_json(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _field_name(key)  # unknown override keys fail here, with a suggestion
+        # an override replaces any spelling of the same key
+        for k in [k for k in raw if ALIASES.get(k, k) == ALIASES.get(key, key)]:
+            del raw[k]
+        raw[key] = value
+    return from_dict(raw, source=str(path) if path is not None else "config")

@@ -1,0 +1,35 @@
+"""User-facing errors and the command-line wrapper that turns them into one-line messages."""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """A mistake the user can fix (config, path, checkpoint). Printed as one line, exit code 2."""
+
+
+class ConfigError(UserError):
+    """A problem with a config file or a ``--set`` override."""
+
+
+def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; print a :class:`UserError` as one line on stderr and return 2.
+
+    ``--debug`` anywhere in argv re-raises instead, so the traceback is shown.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return int(main(argv) or 0)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return 130
