@@ -1,0 +1,133 @@
+"""Reading images from folders: any size or mode to normalized RGB, unreadable files tolerated."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import Config
+from .datasets import Split, folder_samples, is_image_file
+
+
+def to_rgb(img):
+    """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1) to 8-bit RGB.
+
+    16-bit and 32-bit integer images are scaled by their type's range rather than clipped,
+    and float images by their own maximum, so that they do not come out white.
+    """
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        elif img.mode == "I":
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        else:
+            top = max(float(arr.max(initial=0)), 1e-12)
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def read_rgb(path: str | os.PathLike):
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # palette/EXIF/decompression chatter on odd files
+        with Image.open(path) as img:
+            img.draft("RGB", (512, 512))  # JPEG: decode large images at reduced size
+            return to_rgb(img)
+
+
+def eval_transform(cfg: Config) -> Callable:
+    """Resize to ``image_size`` x ``image_size``, to tensor, normalize: the same for ID test and OOD."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize((cfg.image_size, cfg.image_size)), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
+def train_transform(cfg: Config) -> Callable:
+    from torchvision import transforms as T
+
+    steps = [T.Resize((cfg.image_size, cfg.image_size))]
+    if cfg.crop_padding > 0:
+        steps.append(T.RandomCrop(cfg.image_size, padding=cfg.crop_padding))
+    if cfg.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
+class ImageListDataset(Dataset):
+    """``(path, label)`` pairs read as RGB. Unreadable files raise (for training data)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return self.transform(read_rgb(path)), label
+
+
+class ArrayDataset(Dataset):
+    """uint8 ``(N, 3, H, W)`` images through a PIL-style transform (for ``"loader": "torch"``)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i].permute(1, 2, 0).numpy(), "RGB")
+        return self.transform(img), int(self.labels[i])
+
+
+def split_dataset(split: Split, cfg: Config, train: bool) -> Dataset:
+    transform = train_transform(cfg) if train else eval_transform(cfg)
+    if split.images is not None:
+        return ArrayDataset(split.images, split.labels, transform)
+    return ImageListDataset(folder_samples(split.folder), transform)
+
+
+def list_images(root: str | os.PathLike) -> list[str]:
+    """Every image file under ``root``, nested folders included, sorted; other files are ignored."""
+    found = []
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(files) if is_image_file(f)]
+    return found
+
+
+class TolerantImageDataset(Dataset):
+    """Images of an OOD folder. An unreadable file yields a zero image and ``ok=False``.
+
+    Items are ``(image, index, ok)``; the loop drops the rows with ``ok == False`` and reports
+    their paths, so that one corrupt file never stops an evaluation.
+    """
+
+    def __init__(self, paths: Sequence[str], transform: Callable):
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(read_rgb(self.paths[i])), i, True
+        except Exception:  # any decoder error: truncated, not an image, unsupported
+            probe = self.transform.transforms[0].size if hasattr(self.transform, "transforms") else (1, 1)
+            return torch.zeros(3, *probe), i, False

@@ -1,0 +1,194 @@
+"""Loaders that yield normalized ``(images, labels)`` batches on the model's device.
+
+- :class:`DeviceLoader` (``"loader": "gpu"``): the whole split lives on the device as uint8;
+  random crop with padding and horizontal flip run batched there, with normalization fused in.
+  No worker processes. On CPU it is simply an in-memory loader.
+- :class:`FolderLoader` (``"loader": "torch"``): a torch DataLoader with workers, pinned memory
+  and persistent workers, for ImageFolder data.
+
+Both shuffle with a generator seeded by ``(seed, epoch)``, so an epoch's order and
+augmentation do not depend on what ran before it: a resumed run sees the same batches.
+Both can shard the data for distributed runs (``rank``, ``world_size``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config
+from .datasets import Split, folder_samples
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and shift so that ``uint8 * scale - shift == (x / 255 - mean) / std``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_t), mean_t / std_t
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Batched random crop (zero padding) and horizontal flip.
+
+    Args:
+        images: (B, C, H, W) uint8 or float on any device.
+        generator: CPU generator; the random offsets are drawn on the CPU and moved over.
+    Returns:
+        (B, C, H, W), same dtype and device.
+    """
+    B, C, H, W = images.shape
+    device = images.device
+    if padding > 0:
+        padded = F.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(H, device=device))[:, None, :, None].expand(B, C, H, W + 2 * padding)
+        picked = padded.gather(2, rows)
+        cols = (dx[:, None] + torch.arange(W, device=device))[:, None, None, :].expand(B, C, H, W)
+        images = picked.gather(3, cols)
+    if hflip:
+        flip = (torch.rand(B, generator=generator) < 0.5).to(device)
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return images
+
+
+class DeviceLoader:
+    """Batches from uint8 images held on ``device``.
+
+    Args:
+        images: (N, 3, H, W) uint8.
+        labels: (N,) int64.
+        image_size: output size; images are resized bilinearly on the device when it differs.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, mean, std,
+                 device: torch.device, seed: int = 0, crop_padding: int = 4, hflip: bool = True,
+                 image_size: int | None = None, channels_last: bool = False, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size  # the global batch: each rank takes batch_size / world_size of it
+        self.train, self.device, self.seed = train, device, seed
+        self.crop_padding, self.hflip = crop_padding, hflip
+        self.image_size = image_size
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.scale, self.shift = normalizer(mean, std, device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last and self.train else math.ceil(n / self.batch_size)
+
+    def _order(self, generator: torch.Generator) -> torch.Tensor:
+        if self.train:
+            return torch.randperm(self.num_samples, generator=generator).to(self.device)
+        return torch.arange(self.num_samples, device=self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate()
+
+    def iterate(self, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield this rank's part of each global batch, starting at ``start_step`` (for resuming)."""
+        generator = epoch_generator(self.seed, self.epoch)
+        order = self._order(generator)
+        for step in range(len(self)):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            # draw the augmentation for the whole global batch, so every rank's stream is the same
+            batch = self.images[index]
+            if self.train:
+                batch = random_crop_flip(batch, self.crop_padding, self.hflip, generator)
+            if step < start_step:
+                continue
+            if self.world_size > 1:
+                batch, labels = batch[self.rank::self.world_size], self.labels[index][self.rank::self.world_size]
+            else:
+                labels = self.labels[index]
+            yield self.prepare(batch), labels
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> normalized float (B, 3, S, S) on the device."""
+        x = batch.float().mul_(self.scale).sub_(self.shift)
+        if self.image_size is not None and x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+class FolderLoader:
+    """A torch DataLoader (workers, pinned memory, persistent workers) moving batches to ``device``."""
+
+    def __init__(self, dataset, batch_size: int, *, train: bool, cfg: Config, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        from torch.utils.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+
+        self.dataset = dataset
+        self.train, self.device, self.seed = train, device, cfg.seed
+        self.channels_last = cfg.channels_last
+        self.epoch = 0
+        self.sampler = None
+        if world_size > 1:
+            self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=train, seed=cfg.seed)
+        self.batch_size = max(1, batch_size // world_size)  # the config's batch size is the global batch
+        self._generator = torch.Generator()
+        self._loader = DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0, sampler=self.sampler,
+            shuffle=train and self.sampler is None, generator=self._generator)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, start_step: int = 0):
+        # reseeding the same generator object keeps persistent workers valid between epochs
+        self._generator.manual_seed(self.seed * 100_003 + self.epoch)
+        for step, (x, y) in enumerate(self._loader):
+            if step < start_step:
+                continue
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def make_loader(cfg: Config, split: Split, *, train: bool, device: torch.device, batch_size: int | None = None,
+                rank: int = 0, world_size: int = 1):
+    """The loader the config asks for (``loader``: auto, gpu, torch)."""
+    batch_size = batch_size or (cfg.batch_size if train else cfg.eval_batch_size)
+    use_device = split.images is not None and cfg.loader in ("auto", "gpu")
+    if use_device:
+        return DeviceLoader(split.images, split.labels, batch_size, train=train, mean=cfg.mean, std=cfg.std,
+                            device=device, seed=cfg.seed, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
+                            image_size=cfg.image_size, channels_last=cfg.channels_last, rank=rank,
+                            world_size=world_size)
+    from .images import split_dataset
+    return FolderLoader(split_dataset(split, cfg, train), batch_size, train=train, cfg=cfg, device=device,
+                        rank=rank, world_size=world_size)

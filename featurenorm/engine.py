@@ -1,0 +1,243 @@
+"""The training loop and test-accuracy evaluation.
+
+Resuming is exact on CPU: each epoch's data order and augmentation come from a generator
+seeded by ``(seed, epoch)``, and the global RNG state (dropout) is saved in every checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import io
+from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
+from .config import Config
+from .data.datasets import load_split, num_classes_of
+from .data.loaders import make_loader
+from .errors import UserError
+from .models import build_model
+from .runtime import Dist, amp_dtype, progress_bar, autocast, git_commit, init_distributed, shutdown_distributed
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived; the loop finished its step and saved."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+class _SignalFlag:
+    """Record SIGINT/SIGTERM instead of dying mid-step; restore the old handlers on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_SignalFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+@torch.inference_mode()
+def evaluate_accuracy(model: nn.Module, loader, amp: torch.dtype | None = None) -> float:
+    """Top-1 accuracy over a loader of ``(images, labels)``; sums are all-reduced under torchrun."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long)
+    total = torch.zeros((), dtype=torch.long)
+    for x, y in loader:
+        with autocast(amp, x.device):
+            logits = model(x)
+        correct += (logits.argmax(1) == y).sum().cpu()
+        total += y.numel()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        both = torch.stack([correct, total]).to(next(model.parameters()).device)
+        torch.distributed.all_reduce(both)
+        correct, total = both.cpu()
+    model.train(was_training)
+    return float(correct) / max(int(total), 1)
+
+
+def _check_run_folder(save_dir: Path, resume: bool, overwrite: bool) -> None:
+    last = save_dir / "last.pt"
+    if not last.exists() or resume or overwrite:
+        return
+    raise UserError(f"'{save_dir}' already holds a run (last.pt); pass --resume to continue it, --overwrite to "
+                    "start over, or --set save_path=<new folder>")
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.arch`` on the ID dataset; write last.pt, train_log.jsonl and config.json.
+
+    Returns the final metrics. Raises :class:`StopRequested` after saving when signalled.
+    """
+    info, device = init_distributed(cfg)
+    try:
+        return _train(cfg, info, device, resume, overwrite, progress)
+    finally:
+        shutdown_distributed()
+
+
+def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrite: bool,
+           progress: bool) -> dict[str, Any]:
+    save_dir = cfg.save_dir
+    last_path = save_dir / "last.pt"
+    _check_run_folder(save_dir, resume, overwrite)
+    state = None
+    if resume:
+        if not last_path.exists():
+            raise UserError(f"--resume: no checkpoint at '{last_path}'; drop --resume to start a new run")
+        state = read_checkpoint(last_path)
+        check_compatible(state, cfg, last_path)
+        if state.get("finished") and state["epoch"] >= cfg.epochs:
+            raise UserError(f"the run in '{save_dir}' already finished {state['epoch']} epochs; raise epochs "
+                            "(--set epochs=N) to train longer, or pass --overwrite to start over")
+
+    train_split = load_split(cfg, train=True)
+    test_split = load_split(cfg, train=False)
+    num_classes = num_classes_of(cfg)
+    cfg.num_classes = num_classes
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
+    start_epoch, start_step = 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, start_step = state["epoch"], state.get("step", 0)
+        set_rng_state(state["rng"], device)
+    elif info.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "train_log.jsonl").unlink(missing_ok=True)
+    if info.is_main:
+        io.write_json(save_dir / "config.json", {**cfg.to_dict(), "git_commit": git_commit()})
+
+    train_model = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    amp = amp_dtype(cfg, device)
+    train_loader = make_loader(cfg, train_split, train=True, device=device, rank=info.rank,
+                               world_size=info.world_size)
+    test_loader = make_loader(cfg, test_split, train=False, device=device, rank=info.rank,
+                              world_size=info.world_size)
+
+    def checkpoint(epoch: int, step: int, metrics: dict[str, Any], finished: bool) -> None:
+        if info.is_main:
+            save_checkpoint(last_path, {
+                "arch": cfg.arch, "num_classes": num_classes, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "step": step, "rng": rng_state(device), "config": cfg.to_dict(), "metrics": metrics,
+                "finished": finished, "git_commit": git_commit()})
+
+    metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
+    steps_per_epoch = len(train_loader)
+    with _SignalFlag() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            train_model.train()
+            train_loader.set_epoch(epoch)
+            started = time.perf_counter()
+            first = start_step if epoch == start_epoch else 0
+            losses = torch.zeros(steps_per_epoch, device=device)
+            correct = torch.zeros((), device=device)
+            seen = 0
+            bar = progress_bar(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                               disable=not (progress and info.is_main), leave=False)
+            for step, (x, y) in enumerate(train_loader.iterate(first), start=first):
+                with autocast(amp, device):
+                    logits = train_model(x)
+                    loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses[step] = loss.detach().float()
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+                if step % 10 == 0 or step == steps_per_epoch - 1:
+                    _check_finite(losses, first, step, epoch)
+                    elapsed = time.perf_counter() - started
+                    bar.set_postfix(loss=f"{losses[step].item():.3f}", acc=f"{(correct / seen).item():.3f}",
+                                    img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}")
+                bar.update(1)
+                if stop.signum is not None:
+                    bar.close()
+                    checkpoint(epoch, step + 1, metrics, False)
+                    raise StopRequested(stop.signum)
+            bar.close()
+            _check_finite(losses, first, steps_per_epoch - 1, epoch)
+            scheduler.step()
+            seconds = time.perf_counter() - started
+            test_acc = evaluate_accuracy(model, test_loader, amp)
+            done = steps_per_epoch - first
+            metrics = {
+                "epoch": epoch + 1, "lr": _epoch_lr(cfg, epoch),
+                "train_loss": float(losses[first:].sum() / max(done, 1)),
+                "train_acc": float(correct) / max(seen, 1), "test_acc": test_acc, "seconds": round(seconds, 3),
+            }
+            if info.is_main:
+                io.append_jsonl(save_dir / "train_log.jsonl", metrics)
+                if progress:
+                    tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
+                               f"train {metrics['train_acc']:.4f}  test {test_acc:.4f}  {seconds:.1f}s")
+            checkpoint(epoch + 1, 0, metrics, epoch + 1 == cfg.epochs)
+            if stop.signum is not None:
+                raise StopRequested(stop.signum)
+    return metrics
+
+
+def _epoch_lr(cfg: Config, epoch: int) -> float:
+    """The learning rate used during ``epoch`` (0-based) under MultiStepLR."""
+    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+def _check_finite(losses: torch.Tensor, first: int, step: int, epoch: int) -> None:
+    window = losses[first:step + 1]
+    bad = ~torch.isfinite(window)
+    if bool(bad.any()):
+        at = first + int(bad.nonzero()[0])
+        raise UserError(f"loss became {losses[at].item()} at epoch {epoch + 1}, step {at + 1}; training stopped and "
+                        "last.pt still holds the last good epoch. Lower lr or check the data")

@@ -1,0 +1,33 @@
+"""Train a classifier: python train.py --config conf/digits.json [--set k=v] [--resume] [--overwrite]"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from featurenorm.config import load_config
+from featurenorm.engine import StopRequested, train
+from featurenorm.errors import run_cli
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="Train a CIFAR-style classifier for FeatureNorm OOD detection.")
+    parser.add_argument("--config", required=True, help="JSON config file (see conf/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key; the value is parsed as JSON when it parses (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from <save_path>/last.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    try:
+        metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except StopRequested as stop:
+        print(f"stopped by {stop}; saved {cfg.save_dir / 'last.pt'}; continue with --resume", file=sys.stderr)
+        return stop.exit_code
+    print(f"done: test accuracy {metrics.get('test_acc', float('nan')):.4f}; checkpoint {cfg.save_dir / 'last.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
