@@ -1,0 +1,138 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from sklearn.metrics import roc_auc_score
+
+from featurenorm.data.jigsaw import jigsaw
+from featurenorm.errors import UserError
+from featurenorm.features import block_feature_norms
+from featurenorm.models import build_model
+from featurenorm.selection import (BlockNorms, _auroc, choose_block, collect_block_norms, format_block_table,
+                                   norm_ratio, summarize_blocks)
+
+
+def test_norm_ratio_hand_numbers():
+    ratio = norm_ratio(torch.tensor([2.0, 3.0, 1.0]), torch.tensor([1.0, 6.0, 4.0]))
+    assert ratio == pytest.approx((2.0 + 0.5 + 0.25) / 3, rel=1e-12)
+
+
+def test_norm_ratio_pairs_each_image_with_its_own_puzzle():
+    # mean of ratios, not ratio of means: (4/1 + 1/4) / 2 = 2.125, whereas 5/5 = 1
+    assert norm_ratio(torch.tensor([4.0, 1.0]), torch.tensor([1.0, 4.0])) == pytest.approx(2.125)
+
+
+def test_norm_ratio_guards_silent_puzzle():
+    assert norm_ratio(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])) == pytest.approx(0.5e12)
+    with pytest.raises(UserError, match="pairing each image"):
+        norm_ratio(torch.tensor([1.0, 2.0]), torch.tensor([1.0]))
+
+
+def test_auroc_hand_numbers_and_sklearn_with_ties():
+    # pairs: 3>1, 3>2, 2>1, 2=2 (half) -> 3.5 / 4
+    assert _auroc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 2.0])) == pytest.approx(0.875)
+    generator = torch.Generator().manual_seed(0)
+    positive = torch.randint(0, 6, (40,), generator=generator).float()
+    negative = torch.randint(0, 5, (30,), generator=generator).float()
+    labels = [1] * 40 + [0] * 30
+    expected = roc_auc_score(labels, torch.cat([positive, negative]).numpy())
+    assert _auroc(positive, negative) == pytest.approx(expected, rel=1e-12)
+
+
+def hand_norms() -> BlockNorms:
+    return BlockNorms(
+        id={"a": torch.tensor([2.0, 4.0]), "b": torch.tensor([3.0, 1.0])},
+        jigsaw={"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([1.0, 2.0])},
+        shapes={"a": (8, 4, 4), "b": (16, 2, 2)},
+    )
+
+
+def test_summarize_blocks_rows():
+    rows = summarize_blocks(hand_norms(), ["a", "b"])
+    assert rows[0] == {"index": 0, "name": "a", "shape": [8, 4, 4], "norm_ratio": pytest.approx(1.5),
+                       "id_norm_mean": pytest.approx(3.0), "jigsaw_norm_mean": pytest.approx(2.5),
+                       # pairs (id, jig): 2>1, 2<4, 4>1, 4=4 -> 2.5 / 4
+                       "jigsaw_auroc": pytest.approx(0.625)}
+    assert rows[1]["norm_ratio"] == pytest.approx(1.75)  # (3/1 + 1/2) / 2
+    assert rows[1]["jigsaw_auroc"] == pytest.approx(0.625)  # 3>1, 3>2, 1=1, 1<2 -> 2.5 / 4
+    with pytest.raises(UserError, match="block 'c'"):
+        summarize_blocks(hand_norms(), ["c"])
+
+
+def rows_for(norm_ratios: list[float], aurocs: list[float]) -> list[dict]:
+    return [{"index": i, "name": f"block{i}", "shape": [4], "norm_ratio": r, "id_norm_mean": 1.0,
+             "jigsaw_norm_mean": 1.0, "jigsaw_auroc": a} for i, (r, a) in enumerate(zip(norm_ratios, aurocs))]
+
+
+def test_choose_block_argmax_of_each_criterion():
+    rows = rows_for([1.1, 1.9, 1.5, 1.9], [0.6, 0.7, 0.95, 0.8])
+    assert choose_block(rows) == {"index": 1, "name": "block1"}  # first of the tied maxima
+    assert choose_block(rows, "norm_ratio") == {"index": 1, "name": "block1"}
+    assert choose_block(rows, "auroc") == {"index": 2, "name": "block2"}
+    assert choose_block(rows_for([math.nan, 0.5], [0.5, 0.5])) == {"index": 1, "name": "block1"}
+    with pytest.raises(UserError, match="unknown block selection criterion 'ratio'"):
+        choose_block(rows, "ratio")
+
+
+def test_format_block_table_marks_selected_row():
+    rows = summarize_blocks(hand_norms(), ["a", "b"])
+    table = format_block_table(rows, {"index": 1, "name": "b"})
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["index", "block", "shape", "id", "norm", "jigsaw", "norm", "NormRatio", "AUROC"]
+    assert lines[2].split() == ["0", "a", "8x4x4", "3.0000", "2.5000", "1.5000", "0.6250"]
+    assert lines[3].split() == ["*", "1", "b", "16x2x2", "2.0000", "1.5000", "1.7500", "0.6250"]
+    assert len({len(line) for line in lines[1:]}) == 1  # fixed width
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_batches():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, width=0.125).eval()
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.rand(4, 3, 32, 32, generator=generator) for _ in range(2)]
+    return model, batches
+
+
+BLOCKS = ["layer1.1", "layer2.0", "layer3.1"]
+
+
+def test_collect_block_norms_reproducible_and_equal_to_direct_norms(tiny_model_and_batches):
+    model, batches = tiny_model_and_batches
+    first = collect_block_norms(model, batches, BLOCKS, generator=torch.Generator().manual_seed(5), progress=False)
+    again = collect_block_norms(model, batches, BLOCKS, generator=torch.Generator().manual_seed(5), progress=False)
+    for name in BLOCKS:
+        assert torch.equal(first.id[name], again.id[name]) and torch.equal(first.jigsaw[name], again.jigsaw[name])
+    assert first.shapes == {"layer1.1": (8, 32, 32), "layer2.0": (16, 16, 16), "layer3.1": (32, 8, 8)}
+
+    images = torch.cat(batches)
+    generator = torch.Generator().manual_seed(5)  # the same puzzles, drawn in the same order
+    puzzles = torch.cat([jigsaw(batch, 3, generator) for batch in batches])
+    direct_id = block_feature_norms(model, images, BLOCKS)
+    direct_jigsaw = block_feature_norms(model, puzzles, BLOCKS)
+    for name in BLOCKS:
+        assert first.id[name].shape == (8,) and first.id[name].device.type == "cpu"
+        torch.testing.assert_close(first.id[name], direct_id[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(first.jigsaw[name], direct_jigsaw[name], rtol=1e-5, atol=1e-6)
+
+
+def test_collect_block_norms_uses_eval_mode_and_restores_training(tiny_model_and_batches):
+    model, batches = tiny_model_and_batches
+    model.train()
+    try:
+        labelled = [(batch, torch.zeros(4, dtype=torch.long)) for batch in batches]  # DataLoader-style tuples
+        in_train = collect_block_norms(model, labelled, BLOCKS, generator=torch.Generator().manual_seed(5),
+                                       progress=False)
+        assert model.training
+    finally:
+        model.eval()
+    in_eval = collect_block_norms(model, batches, BLOCKS, generator=torch.Generator().manual_seed(5), progress=False)
+    for name in BLOCKS:
+        assert torch.equal(in_train.id[name], in_eval.id[name])
+
+
+def test_collect_block_norms_without_images_is_a_user_error():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+    with pytest.raises(UserError, match="no images"):
+        collect_block_norms(model, [], ["1"], progress=False)
