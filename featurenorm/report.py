@@ -1,0 +1,480 @@
+"""Turn OOD results and block-selection rows into tables, text and plots.
+
+Every file is written atomically (``featurenorm.io``): a failed write leaves an
+existing target untouched. Metrics in the results dict are fractions in [0, 1];
+tables show them in percent, rounded with ``round(100 * x, 2)``, so a value read
+back from a table equals the JSON value in percent exactly.
+
+Score convention (project-wide): higher score = more in-distribution; ID is the
+positive class for AUROC / AUPR-In, and FPR95 is the fraction of OOD samples
+accepted at 95% ID acceptance.
+"""
+from __future__ import annotations
+
+import csv
+import io as _stringio
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from featurenorm.errors import UserError
+from featurenorm.io import atomic_path, write_text
+
+if TYPE_CHECKING:  # pyplot is imported lazily so that importing this module stays cheap
+    from matplotlib.figure import Figure
+
+DPI = 120
+AVERAGE_KEY = "average"
+ID_COLOR = "tab:blue"
+OOD_COLOR = "tab:orange"
+BAR_COLOR = "tab:gray"
+SELECTED_COLOR = "tab:red"
+
+# The two metrics of the paper's tables, with the direction in which they are better.
+_TABLE_METRICS = (("fpr95", "FPR95", "↓"), ("auroc", "AUROC", "↑"))
+
+
+# ---------------------------------------------------------------------------
+# Small pure helpers
+# ---------------------------------------------------------------------------
+
+def to_percent(value: Any) -> float | None:
+    """Fraction -> percent with 2 decimals, ``round(100 * x, 2)``; None for missing or NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    if math.isnan(value):
+        return None
+    return round(100.0 * value, 2)
+
+
+def _format_percent(value: Any, missing: str) -> str:
+    percent = to_percent(value)
+    return missing if percent is None else f"{percent:.2f}"
+
+
+def _methods(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    methods = results.get("methods") if isinstance(results, Mapping) else None
+    if not isinstance(methods, Mapping) or not methods:
+        raise UserError("results have no 'methods' entries; pass the dict written by eval_ood.py "
+                        "(ood_results.json) with at least one method")
+    return dict(methods)
+
+
+def ood_set_names(results: Mapping[str, Any]) -> list[str]:
+    """OOD set names in benchmark order: first appearance over the methods, ``average`` excluded."""
+    names: list[str] = []
+    for per_set in _methods(results).values():
+        for name in per_set:
+            if name != AVERAGE_KEY and name not in names:
+                names.append(name)
+    return names
+
+
+def _metric(per_set: Mapping[str, Any], set_name: str, metric: str) -> Any:
+    return (per_set.get(set_name) or {}).get(metric)
+
+
+def _block_label(results: Mapping[str, Any]) -> str:
+    block = results.get("block")
+    if not isinstance(block, Mapping) or block.get("name") is None:
+        return "n/a"
+    label = str(block["name"])
+    details = []
+    if block.get("index") is not None:
+        details.append(f"index {block['index']}")
+    if block.get("source"):
+        details.append(f"from {block['source']}")
+    return f"{label} ({', '.join(details)})" if details else label
+
+
+def _to_jsonable(obj: Any) -> Any:
+    """Recursively turn numpy scalars / arrays and paths into plain JSON types."""
+    if isinstance(obj, Mapping):
+        return {str(key): _to_jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------
+# Tables and text
+# ---------------------------------------------------------------------------
+
+def _table_rows(results: Mapping[str, Any], missing: str) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """Column keys (set, metric) and one row of formatted percent strings per method."""
+    columns = [(name, metric) for name in ood_set_names(results) for metric, _, _ in _TABLE_METRICS]
+    columns += [(AVERAGE_KEY, metric) for metric, _, _ in _TABLE_METRICS]
+    rows = []
+    for method, per_set in _methods(results).items():
+        rows.append([method] + [_format_percent(_metric(per_set, name, metric), missing)
+                                for name, metric in columns])
+    return columns, rows
+
+
+def _markdown_table(results: Mapping[str, Any]) -> str:
+    columns, rows = _table_rows(results, missing="-")
+    arrows = {metric: (label, arrow) for metric, label, arrow in _TABLE_METRICS}
+    header = ["Method"]
+    for name, metric in columns:
+        label, arrow = arrows[metric]
+        header.append(f"{'Average' if name == AVERAGE_KEY else name} {label}{arrow}")
+
+    accuracy = to_percent(results.get("id_accuracy"))
+    lines = [
+        f"ID: {results.get('id_dataset', 'n/a')} | arch: {results.get('arch', 'n/a')} | "
+        f"block: {_block_label(results)} | ID accuracy: "
+        f"{'n/a' if accuracy is None else f'{accuracy:.2f}%'} | "
+        f"{results.get('convention', 'ID positive')}; values in %",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] + ["---:"] * len(columns)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+
+    skipped = results.get("skipped") or {}
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{name} ({why})" for name, why in skipped.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_table(results: Mapping[str, Any]) -> str:
+    columns, rows = _table_rows(results, missing="")
+    buffer = _stringio.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method"] + [f"{name}_{metric}" for name, metric in columns])
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def results_table(results: dict, fmt: str = "md") -> str:
+    """Render results in the paper's table layout, metrics in percent with 2 decimals.
+
+    One row per method (order of ``results["methods"]``); for each OOD set (benchmark
+    order) an FPR95 and an AUROC column, then the averages. Missing values are ``-``
+    in Markdown and empty in CSV.
+
+    Args:
+        results: the dict written to ``ood_results.json``.
+        fmt: ``"md"`` (header line + Markdown table, skipped sets noted below it) or
+            ``"csv"`` (header ``method,<set>_fpr95,<set>_auroc,...,average_fpr95,average_auroc``).
+
+    Returns:
+        The table as text, ending in a newline.
+    """
+    if fmt == "md":
+        return _markdown_table(results)
+    if fmt == "csv":
+        return _csv_table(results)
+    raise UserError(f"unknown table format {fmt!r}; use 'md' or 'csv'")
+
+
+def write_ood_results(results: dict, save_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``ood_results.json``, ``ood_results.md`` and ``ood_results.csv`` into ``save_dir``.
+
+    Everything is rendered before the first file is written, so a rendering error
+    leaves no half-updated set of files behind.
+
+    Returns:
+        ``{"json": path, "md": path, "csv": path}``.
+    """
+    save_dir = Path(save_dir)
+    texts = {
+        "json": json.dumps(_to_jsonable(results), indent=2) + "\n",
+        "md": results_table(results, fmt="md"),
+        "csv": results_table(results, fmt="csv"),
+    }
+    paths = {kind: save_dir / f"ood_results.{kind}" for kind in texts}
+    for kind, text in texts.items():
+        write_text(paths[kind], text)
+    return paths
+
+
+def _best_methods(values: Mapping[str, float | None]) -> set[str]:
+    """Methods whose value equals the maximum (ties all win); none if every value is missing."""
+    present = {method: value for method, value in values.items() if value is not None}
+    if not present:
+        return set()
+    best = max(present.values())
+    return {method for method, value in present.items() if value == best}
+
+
+def summary_text(results: dict) -> str:
+    """Compact fixed-width table for stdout, metrics in percent.
+
+    Rows are methods; columns are average FPR95, AUROC and AUPR-In, plus the AUROC
+    of each OOD set when there are at most 6 sets. The best average AUROC is marked
+    with ``*`` (all of them on a tie).
+    """
+    methods = _methods(results)
+    set_names = ood_set_names(results)
+    per_set_columns = set_names if len(set_names) <= 6 else []
+    columns = [("avg FPR95", AVERAGE_KEY, "fpr95"), ("avg AUROC", AVERAGE_KEY, "auroc"),
+               ("avg AUPR-In", AVERAGE_KEY, "aupr_in")]
+    columns += [(f"{name} AUROC", name, "auroc") for name in per_set_columns]
+
+    best = _best_methods({method: to_percent(_metric(per_set, AVERAGE_KEY, "auroc"))
+                          for method, per_set in methods.items()})
+    table = [["method"] + [title for title, _, _ in columns]]
+    for method, per_set in methods.items():
+        row = [method]
+        for _, set_name, metric in columns:
+            cell = _format_percent(_metric(per_set, set_name, metric), missing="-")
+            # The mark goes right after the number; a space keeps the other cells aligned.
+            if set_name == AVERAGE_KEY and metric == "auroc":
+                cell += "*" if method in best else " "
+            row.append(cell)
+        table.append(row)
+
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])])
+             for row in table]
+    footer = f"(percent; * = best average AUROC; {len(set_names)} OOD set{'s' if len(set_names) != 1 else ''}"
+    footer += ")" if per_set_columns or not set_names else "; per-set AUROC omitted, see ood_results.md)"
+    return "\n".join(lines + [footer]) + "\n"
+
+
+def write_scores_npz(scores: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
+    """Atomically save score arrays to an ``.npz`` file (keys like ``"featurenorm.svhn"``, ``"msp.id"``).
+
+    ``np.savez`` appends ``.npz`` to names without it, so the temporary file ends in
+    ``.npz`` and, like numpy, a target without that suffix gets it appended.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    arrays = {str(key): np.asarray(value) for key, value in scores.items()}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: "Figure", path: str | os.PathLike) -> Path:
+    """Save ``fig`` atomically at ``DPI`` and close it (also on failure).
+
+    The format follows the suffix (PNG when there is none).
+    """
+    plt = _pyplot()
+    path = Path(path)
+    image_format = path.suffix.lstrip(".").lower() or "png"
+    try:
+        fig.tight_layout()
+        with atomic_path(path, suffix=f".{image_format}") as tmp:
+            fig.savefig(tmp, dpi=DPI, format=image_format)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def bar_figure_size(num_blocks: int) -> tuple[float, float]:
+    """Figure size (inches) of the per-block bar charts: wider with more blocks."""
+    return (max(6.0, 0.55 * num_blocks + 2.5), 4.5)
+
+
+def hist_grid_shape(num_sets: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, cols) of the histogram grid: at most ``max_cols`` subplots per row, at least one cell."""
+    num_sets = max(num_sets, 1)
+    cols = min(num_sets, max_cols)
+    return math.ceil(num_sets / cols), cols
+
+
+def hist_figure_size(num_sets: int) -> tuple[float, float]:
+    """Figure size (inches) of the histogram grid: 4 x 3.2 inches per subplot."""
+    rows, cols = hist_grid_shape(num_sets)
+    return (4.0 * cols, 3.2 * rows + 0.6)
+
+
+def _block_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], np.ndarray]:
+    if not rows:
+        raise UserError("no block rows to plot; pass the 'blocks' list of block_selection.json")
+    names = [str(row["name"]) for row in rows]
+    ratios = np.array([np.nan if row.get("norm_ratio") is None else float(row["norm_ratio"]) for row in rows])
+    return names, ratios
+
+
+def _selected_position(names: Sequence[str], selected: Mapping[str, Any] | None) -> int | None:
+    """Position of the selected block among ``names``, by name first, then by index."""
+    if not selected:
+        return None
+    if selected.get("name") in names:
+        return names.index(selected["name"])
+    index = selected.get("index")
+    return int(index) if index is not None and 0 <= int(index) < len(names) else None
+
+
+def _draw_norm_ratio_bars(ax, names: Sequence[str], ratios: np.ndarray, selected_at: int | None) -> None:
+    positions = np.arange(len(names))
+    colors = [SELECTED_COLOR if i == selected_at else BAR_COLOR for i in range(len(names))]
+    ax.bar(positions, ratios, color=colors, width=0.7)
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="NormRatio = 1")
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_xlabel("block")
+    ax.set_ylabel("NormRatio (ID / jigsaw FeatureNorm)")
+    if selected_at is not None and np.isfinite(ratios[selected_at]):
+        ax.annotate(f"{ratios[selected_at]:.3f}", (selected_at, ratios[selected_at]),
+                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                    color=SELECTED_COLOR, fontweight="bold")
+    finite = ratios[np.isfinite(ratios)]
+    top = max(float(finite.max()) if finite.size else 1.0, 1.0)
+    ax.set_ylim(0.0, top * 1.3)  # headroom for the annotation and the legend above the bars
+
+
+def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.PathLike, title: str = "") -> Path:
+    """Bar chart of NormRatio per block, the selected block highlighted and annotated.
+
+    NormRatio = mean ||f_ID||_2 / mean ||f_jigsaw||_2 at a block, with f_jigsaw the features
+    of jigsaw-puzzle pseudo-OOD images (Yu et al., CVPR 2023); the block with the largest
+    ratio is selected. A dashed line marks 1.0.
+
+    Args:
+        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio``.
+        selected: ``{"index": int, "name": str}`` or None.
+        path: PNG file to write.
+        title: figure title; a default names the criterion.
+
+    Returns:
+        ``Path(path)``.
+    """
+    plt = _pyplot()
+    names, ratios = _block_rows(rows)
+    selected_at = _selected_position(names, selected)
+    fig, ax = plt.subplots(figsize=bar_figure_size(len(names)))
+    _draw_norm_ratio_bars(ax, names, ratios, selected_at)
+    label = f"; selected: {names[selected_at]}" if selected_at is not None else ""
+    ax.set_title(title or f"NormRatio per block{label}")
+    ax.legend(loc="best")
+    return _save_figure(fig, path)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64).ravel()
+    return values[np.isfinite(values)]
+
+
+def shared_bin_edges(arrays: Sequence[np.ndarray], bins: int = 60) -> np.ndarray:
+    """Common histogram bin edges over the finite values of all ``arrays``: (bins + 1,) float."""
+    values = np.concatenate([_finite(a) for a in arrays]) if arrays else np.empty(0)
+    if values.size == 0:
+        return np.linspace(0.0, 1.0, bins + 1)
+    low, high = float(values.min()), float(values.max())
+    if low == high:  # a constant input still needs a bin of non-zero width
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, bins + 1)
+
+
+def plot_feature_norm_hist(id_norms: np.ndarray, ood_norms: dict[str, np.ndarray], block: str,
+                           path: str | os.PathLike) -> Path:
+    """Density histograms of FeatureNorm, ID against each OOD set (cf. Fig. 1 of Yu et al.).
+
+    One subplot per OOD set on a grid of at most 3 columns; each overlays the ID and
+    that set's norms on bins shared within the subplot. Non-finite values are dropped.
+
+    Args:
+        id_norms: (N_id,) float, FeatureNorm of ID samples at ``block``.
+        ood_norms: set name -> (N_set,) float FeatureNorm.
+        block: block name, for the title.
+        path: PNG file to write.
+
+    Returns:
+        ``Path(path)``.
+    """
+    plt = _pyplot()
+    id_values = _finite(id_norms)
+    sets = list(ood_norms.items())
+    rows, cols = hist_grid_shape(len(sets))
+    fig, axes = plt.subplots(rows, cols, figsize=hist_figure_size(len(sets)), squeeze=False)
+    flat_axes = axes.ravel()
+    # Without OOD sets the single cell shows ID alone rather than failing.
+    panels = sets or [("", np.empty(0))]
+    for ax, (set_name, norms) in zip(flat_axes, panels):
+        ood_values = _finite(norms)
+        edges = shared_bin_edges([id_values, ood_values])
+        ax.hist(id_values, bins=edges, density=True, histtype="stepfilled", alpha=0.5,
+                color=ID_COLOR, label=f"ID (n={id_values.size})")
+        if set_name:
+            ax.hist(ood_values, bins=edges, density=True, histtype="stepfilled", alpha=0.5,
+                    color=OOD_COLOR, label=f"{set_name} (n={ood_values.size})")
+        ax.set_title(f"ID vs {set_name}" if set_name else "ID")
+        ax.set_xlabel("FeatureNorm")
+        ax.set_ylabel("density")
+        ax.legend(fontsize="small")
+    for ax in flat_axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"FeatureNorm at block {block}")
+    return _save_figure(fig, path)
+
+
+def _per_block_auroc_percent(names: Sequence[str], per_block: Mapping[str, Any]) -> np.ndarray:
+    """Average AUROC in percent per block name; NaN where a block has no result."""
+    values = []
+    for name in names:
+        percent = to_percent(((per_block.get(name) or {}).get(AVERAGE_KEY) or {}).get("auroc"))
+        values.append(np.nan if percent is None else percent)
+    return np.array(values, dtype=np.float64)
+
+
+def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.PathLike,
+                             selected: dict | None = None) -> Path:
+    """NormRatio per block (bars, left axis) beside the block's average OOD AUROC (line, right axis).
+
+    Shows whether the NormRatio choice agrees with the block that is best on the real
+    OOD sets (cf. the block-wise analysis of Yu et al., CVPR 2023).
+
+    Args:
+        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio``.
+        per_block: ``ood_results.json["per_block"]``: block name -> {set: metrics, "average": metrics}.
+        path: PNG file to write.
+        selected: ``{"index": int, "name": str}`` to highlight, or None.
+
+    Returns:
+        ``Path(path)``.
+    """
+    plt = _pyplot()
+    names, ratios = _block_rows(rows)
+    aurocs = _per_block_auroc_percent(names, per_block)
+    selected_at = _selected_position(names, selected)
+
+    fig, ax_ratio = plt.subplots(figsize=bar_figure_size(len(names)))
+    _draw_norm_ratio_bars(ax_ratio, names, ratios, selected_at)
+    ax_auroc = ax_ratio.twinx()
+    ax_auroc.plot(np.arange(len(names)), aurocs, color=ID_COLOR, marker="o", label="average AUROC")
+    ax_auroc.set_ylabel("average OOD AUROC (%)", color=ID_COLOR)
+    ax_auroc.tick_params(axis="y", colors=ID_COLOR)
+    finite = aurocs[np.isfinite(aurocs)]
+    if finite.size:
+        ax_auroc.set_ylim(max(0.0, float(finite.min()) - 5.0), min(100.0, float(finite.max()) + 5.0))
+
+    handles, labels = ax_ratio.get_legend_handles_labels()
+    more_handles, more_labels = ax_auroc.get_legend_handles_labels()
+    # On the twin axis, "best" keeps the legend off the AUROC line; the bars' headroom keeps it off them.
+    ax_auroc.legend(handles + more_handles, labels + more_labels, loc="best")
+    label = f"; selected: {names[selected_at]}" if selected_at is not None else ""
+    ax_ratio.set_title(f"NormRatio vs. per-block OOD AUROC{label}")
+    return _save_figure(fig, path)
