@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Our OOD results beside the paper's CIFAR-10 table (logic in featurenorm/paper.py).
+
+Example:
+    python scripts/compare_paper.py runs/cifar10_resnet18_seed0/ood_results.json
+
+Prints FPR95 and AUROC (in %) for ours and the paper, their difference (ours - paper, in
+percentage points) for every method and OOD set both have, each method's average, and a line
+comparing our selected block with the paper's (by index).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+# Let `python scripts/compare_paper.py` find the package without installing it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from featurenorm.errors import run_cli  # noqa: E402
+from featurenorm.paper import compare_with_paper, format_comparison  # noqa: E402
+from featurenorm.summary import load_results_files  # noqa: E402
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="an ood_results.json written by eval_ood.py")
+    parser.add_argument("--arch", default=None,
+                        help="paper architecture to compare with: resnet18, wrn28_10 or vgg11 "
+                             "(default: the results' arch)")
+    parser.add_argument("--format", choices=("text", "md"), default="text", help="output format (default text)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    comparison = compare_with_paper(load_results_files([args.results])[0], arch=args.arch)
+    sys.stdout.write(format_comparison(comparison, args.format))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
