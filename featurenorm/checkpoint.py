@@ -76,3 +76,18 @@ def check_compatible(state: dict[str, Any], cfg: Config, path: str | Path) -> No
     if float(saved.get("width", 1.0)) != float(cfg.width):
         raise UserError(f"checkpoint '{path}' has width {saved.get('width')} but the config has {cfg.width}; "
                         "use the matching config or checkpoint")
+
+
+def default_checkpoint(cfg: Config, path: str | Path | None) -> Path:
+    """``--checkpoint`` when given, else ``<save_path>/last.pt``."""
+    return Path(path) if path else cfg.save_dir / "last.pt"
+
+
+def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.Module:
+    """Load the checkpoint a config's run made, checking that the two agree; eval mode, on ``device``."""
+    state = read_checkpoint(path, "cpu")
+    check_compatible(state, cfg, path)
+    model, _ = model_from_state(state, path)
+    if cfg.num_classes is None:
+        cfg.num_classes = state["num_classes"]
+    return model.to(device).eval()

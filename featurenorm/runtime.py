@@ -102,3 +102,23 @@ def progress_bar(**kwargs):
     kwargs.setdefault("mininterval", 0.5 if interactive else 15.0)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(**kwargs)
+
+
+def shard(n: int, info: Dist) -> torch.Tensor:
+    """This rank's strided share ``[rank, rank + W, ...]`` of ``range(n)``."""
+    return torch.arange(info.rank, n, info.world_size)
+
+
+def gather_sharded(values: torch.Tensor, n: int, info: Dist) -> torch.Tensor:
+    """Undo :func:`shard`: collect every rank's (n_r, ...) values into the (n, ...) single-process order.
+
+    Each rank gets the full tensor. Without a process group this returns ``values``.
+    """
+    if not info.enabled:
+        return values
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, values.cpu())
+    full = torch.empty((n, *values.shape[1:]), dtype=values.dtype)
+    for rank, part in enumerate(parts):
+        full[rank::info.world_size] = part
+    return full

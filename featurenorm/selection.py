@@ -200,3 +200,146 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
 
     rule = "  ".join("-" * width for width in widths)
     return "\n".join([render(header), rule] + [render(line) for line in body])
+
+
+# ------------------------------------------------------------------------------ the select_block run
+def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                         blocks: Sequence[str], grid: int, amp: torch.dtype | None = None,
+                         progress: bool = True) -> BlockNorms:
+    """Like :func:`collect_block_norms`, with each image's puzzle permutation given by the loader.
+
+    Drawing the permutations once for the whole data set (rather than per batch) ties each
+    puzzle to its image, so the result does not depend on batching or on sharding.
+
+    Args:
+        loader: yields ``(images (B, C, H, W), permutations (B, grid*grid))``.
+    """
+    from .data.jigsaw import apply_permutation
+    from .runtime import autocast, progress_bar
+
+    id_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
+    jigsaw_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
+    shapes: dict[str, tuple[int, ...]] = {}
+    model.eval()
+    bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc="block norms", leave=False,
+                       disable=not progress)
+    with torch.inference_mode(), FeatureTap(model, blocks, stop_after_last=True) as tap:
+        for images, permutations in loader:
+            size = images.shape[0]
+            puzzles = images.clone() if grid == 1 else apply_permutation(images, permutations, grid)
+            with autocast(amp, images.device):
+                tap.run(model, torch.cat([images, puzzles]))
+            for name in tap.blocks:
+                values = tap.values[name].float().cpu()
+                id_parts[name].append(values[:size])
+                jigsaw_parts[name].append(values[size:])
+            shapes.update(tap.shapes)
+            bar.update(1)
+    bar.close()
+    if not shapes:
+        raise UserError("block selection got no images; check the ID training set")
+    return BlockNorms(id={n: torch.cat(p) for n, p in id_parts.items()},
+                      jigsaw={n: torch.cat(p) for n, p in jigsaw_parts.items()},
+                      shapes={n: shapes[n] for n in blocks})
+
+
+def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = None, grid: int | None = None,
+                  seed: int | None = None, criterion: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """select_block.py: NormRatio of every block on the ID training images; writes the JSON and the plot.
+
+    Returns the ``block_selection.json`` content (on every rank under torchrun; rank 0 writes).
+    """
+    from . import io, report
+    from .checkpoint import default_checkpoint, load_for_config
+    from .data.datasets import load_split
+    from .data.jigsaw import sample_permutations
+    from .models import block_names
+    from .runtime import amp_dtype, gather_sharded, init_distributed, shard, shutdown_distributed
+
+    grid = grid if grid is not None else cfg.jigsaw_grid
+    seed = seed if seed is not None else cfg.seed
+    criterion = criterion or cfg.criterion
+    num_samples = num_samples if num_samples is not None else cfg.selection_samples
+    if criterion not in CRITERIA:
+        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
+    if grid < 1:
+        raise UserError(f"--grid must be at least 1, got {grid}")
+    info, device = init_distributed(cfg)
+    try:
+        path = default_checkpoint(cfg, checkpoint)
+        model = load_for_config(cfg, path, device)
+        blocks = list(cfg.blocks or block_names(model))
+        split = load_split(cfg, train=True)
+        total = len(split)
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.arange(total)
+        if num_samples is not None and num_samples < total:
+            chosen = torch.randperm(total, generator=generator)[:num_samples].sort().values
+        permutations = sample_permutations(len(chosen), cfg.image_size, cfg.image_size, grid, generator)
+        mine = shard(len(chosen), info)
+        loader = _selection_loader(cfg, split, chosen[mine], permutations[mine], device)
+        norms = collect_paired_norms(model, loader, blocks, grid, amp_dtype(cfg, device),
+                                     progress=progress and info.is_main)
+        norms.id = {n: gather_sharded(v, len(chosen), info) for n, v in norms.id.items()}
+        norms.jigsaw = {n: gather_sharded(v, len(chosen), info) for n, v in norms.jigsaw.items()}
+        rows = summarize_blocks(norms, blocks)
+        selected = choose_block(rows, criterion)
+        result = {"arch": cfg.arch, "checkpoint": str(path), "num_samples": int(len(chosen)), "grid": grid,
+                  "seed": seed, "criterion": criterion, "blocks": rows, "selected": selected}
+        if info.is_main:
+            io.write_json(cfg.save_dir / "block_selection.json", result)
+            report.plot_norm_ratio(rows, selected, cfg.save_dir / "norm_ratio.png",
+                                   title=f"{cfg.arch}: NormRatio per block ({len(chosen)} ID images, grid {grid})")
+        return result
+    finally:
+        shutdown_distributed()
+
+
+def _selection_loader(cfg, split, index: torch.Tensor, permutations: torch.Tensor, device: torch.device):
+    """Batches of ``(images, permutations)`` of the chosen ID training images, eval transform."""
+    from .data.loaders import DeviceLoader
+
+    batch_size = cfg.eval_batch_size
+    if split.images is not None:
+        loader = DeviceLoader(split.images[index], split.labels[index], batch_size, train=False, mean=cfg.mean,
+                              std=cfg.std, device=device, image_size=cfg.image_size,
+                              channels_last=cfg.channels_last)
+        return _Paired(loader, permutations, batch_size)
+    from torch.utils.data import DataLoader, Subset
+
+    from .data.datasets import folder_samples
+    from .data.images import ImageListDataset, eval_transform
+
+    dataset = Subset(ImageListDataset(folder_samples(split.folder), eval_transform(cfg)), index.tolist())
+    loader = _MovedLoader(DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers,
+                                     pin_memory=device.type == "cuda"), device)
+    return _Paired(loader, permutations, batch_size)
+
+
+class _MovedLoader:
+    def __init__(self, loader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images.to(self.device, non_blocking=True), labels
+
+
+class _Paired:
+    """Zip a loader's image batches with the matching rows of a permutation table."""
+
+    def __init__(self, loader, permutations: torch.Tensor, batch_size: int):
+        self.loader, self.permutations, self.batch_size = loader, permutations, batch_size
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        start = 0
+        for images, _ in self.loader:
+            size = images.shape[0]
+            yield images, self.permutations[start:start + size].to(images.device)
+            start += size
