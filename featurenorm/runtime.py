@@ -122,3 +122,12 @@ def gather_sharded(values: torch.Tensor, n: int, info: Dist) -> torch.Tensor:
     for rank, part in enumerate(parts):
         full[rank::info.world_size] = part
     return full
+
+
+def gather_concat(values: torch.Tensor, info: Dist) -> torch.Tensor:
+    """Every rank's (n_r, ...) values concatenated in rank order (shards of unequal, unknown size)."""
+    if not info.enabled:
+        return values
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, values.cpu())
+    return torch.cat(parts)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: train on the bundled digits data (the full chain is wired in as it lands).
+# The main job: set up .venv, then train -> select_block -> eval_ood on the bundled digits data.
+# Finished stages are reused on a rerun; pass --fresh to start over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-.venv/bin/python train.py --config conf/digits.json "$@"
+exec .venv/bin/python scripts/quickstart.py "$@"
