@@ -1,0 +1,393 @@
+"""OOD test sets: which ones a run scores, and batches of their images on the device.
+
+The benchmarks are data, not code: :data:`BENCHMARKS` lists, per ID dataset, the OOD sets in
+the order the paper reports them (Yu et al., CVPR 2023, Tables 1-2): the six far-OOD sets
+SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and Places365, then the near-OOD CIFAR set
+(CIFAR-100 for CIFAR-10 and vice versa). A set takes part only when its config key names a
+path, or when ``--ood name=path`` names it on the command line.
+
+Kinds of source:
+
+- ``svhn``: the folder holding torchvision's ``test_32x32.mat`` (the SVHN test split);
+- ``cifar10`` / ``cifar100``: the folder holding torchvision's ``cifar-10-batches-py`` /
+  ``cifar-100-python`` (the test split is scored);
+- ``folder``: any folder of images, nested folders allowed; every other set, and also an
+  ``svhn``/``cifar`` path that holds no such file but images.
+
+Every image goes through the ID test preprocessing: RGB, resized to ``image_size``,
+normalized with the config's ``mean``/``std``.
+
+Distributed runs shard every set *strided*: rank ``r`` of ``w`` scores the images
+``index[r::w]`` (:func:`shard_indices`). :func:`merge_shards` puts per-rank score arrays,
+gathered in rank order, back into the single-process order.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import UserError
+from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, Split, is_image_file, load_cifar
+
+FAR_OOD = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365")
+BENCHMARKS: dict[str, list[str]] = {
+    "cifar10": [*FAR_OOD, "cifar100"],
+    "cifar100": [*FAR_OOD, "cifar10"],
+    # no paper benchmark: the same far-OOD sets, and either CIFAR set when configured
+    "digits": [*FAR_OOD, "cifar10", "cifar100"],
+    "imagefolder": [*FAR_OOD, "cifar10", "cifar100"],
+}
+SVHN_TEST_FILE = "test_32x32.mat"
+# Seed of the Places365 subsample: fixed, independent of the run's seed, so that every run
+# (and every method and checkpoint compared) scores the same images.
+PLACES365_SUBSAMPLE_SEED = 0
+MAX_LISTED_UNREADABLE = 10
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_RESERVED_NAMES = ("average",)  # a key of the results tables
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Some files of an OOD folder could not be decoded and were left out."""
+
+
+@dataclass
+class OODSource:
+    """One OOD set to score.
+
+    Attributes:
+        name: ``svhn``, ``textures``, ..., or a custom name from ``--ood name=path``.
+        kind: ``svhn`` | ``cifar10`` | ``cifar100`` | ``folder``.
+        path: the folder (for ``svhn``/``cifar*``: the one holding torchvision's files).
+        explicit: named on the command line (then problems raise instead of skipping the set).
+    """
+
+    name: str
+    kind: str
+    path: Path
+    explicit: bool = False
+
+
+# ------------------------------------------------------------------------------------- resolving
+def benchmark_names(id_kind: str) -> list[str]:
+    """The OOD set names scored against ``id_kind``, in report order (the tables never list the ID set)."""
+    return list(BENCHMARKS.get(id_kind, BENCHMARKS["imagefolder"]))
+
+
+def parse_ood_spec(text: str) -> tuple[str, str]:
+    """Split one ``--ood name=path`` into ``(name, path)``; a malformed spec raises UserError."""
+    if "=" not in text:
+        raise UserError(f"--ood expects name=path, got '{text}'; e.g. --ood textures=./data/dtd/images")
+    name, path = (part.strip() for part in text.split("=", 1))
+    if not name or not path:
+        raise UserError(f"--ood expects name=path with both parts non-empty, got '{text}'")
+    if not _NAME_PATTERN.match(name):
+        raise UserError(f"--ood name '{name}' may hold only letters, digits, '_', '-' and '.'; rename it")
+    if name in _RESERVED_NAMES:
+        raise UserError(f"--ood name '{name}' is reserved for the results tables; pick another name")
+    return name, path
+
+
+def source_kind(name: str, path: Path) -> tuple[str, Path]:
+    """``(kind, root)`` of a set from its name and what its folder holds.
+
+    ``svhn`` is an SVHN set when ``path`` holds ``test_32x32.mat`` (or is that file);
+    ``cifar10``/``cifar100`` when ``path`` holds (or is) the torchvision batches folder.
+    Anything else is read as a folder of images.
+    """
+    if name == "svhn":
+        if path.is_file() and path.name == SVHN_TEST_FILE:
+            return "svhn", path.parent
+        if (path / SVHN_TEST_FILE).is_file():
+            return "svhn", path
+    if name in CIFAR_FOLDERS:
+        batches = CIFAR_FOLDERS[name]
+        if (path / batches).is_dir():
+            return name, path
+        if path.name == batches and path.is_dir():
+            return name, path.parent
+    return "folder", path
+
+
+def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
+                        ) -> tuple[list[OODSource], dict[str, str]]:
+    """The OOD sets of a run, from the config keys and ``--ood name=path`` specs.
+
+    Config keys come in benchmark order; a configured path that does not exist is skipped
+    with a reason. A spec replaces the configured set of the same name (keeping its place)
+    or adds a new one at the end; its path must exist. A CIFAR key equal to ``id_kind`` is
+    the ID dataset, never an OOD set.
+
+    Args:
+        cfg: the run's config (``cfg.ood_paths()`` gives the configured folders).
+        cli_specs: ``name=path`` strings, in command-line order.
+        id_kind: ``cifar10`` | ``cifar100`` | ``digits`` | ``imagefolder``.
+    Returns:
+        ``(sources, skipped)``: sources in report order; skipped maps name -> reason.
+    """
+    configured = cfg.ood_paths()
+    order = benchmark_names(id_kind)
+    by_name: dict[str, OODSource] = {}
+    skipped: dict[str, str] = {}
+    for name in order:
+        raw = configured.get(name)
+        if raw is None:
+            continue
+        path = Path(raw)
+        if not path.exists():
+            skipped[name] = f"path {raw} not found"
+            continue
+        kind, root = source_kind(name, path)
+        if kind == "folder" and not path.is_dir():
+            skipped[name] = f"path {raw} is not a folder"
+            continue
+        by_name[name] = OODSource(name, kind, root, explicit=False)
+    if id_kind in configured and id_kind in CIFAR_FOLDERS:
+        skipped[id_kind] = f"{id_kind} is the ID dataset"
+
+    seen_specs: set[str] = set()
+    for text in cli_specs:
+        name, raw = parse_ood_spec(text)
+        if name in seen_specs:
+            raise UserError(f"--ood names '{name}' twice; give each OOD set once")
+        seen_specs.add(name)
+        if name == id_kind:
+            raise UserError(f"--ood {name}=... is the ID dataset; an OOD set must differ from it")
+        path = Path(raw)
+        if not path.exists():
+            raise UserError(f"--ood {name}: path '{raw}' not found; fix the path")
+        kind, root = source_kind(name, path)
+        if kind == "folder" and not path.is_dir():
+            raise UserError(f"--ood {name}: '{raw}' is not a folder; pass a folder of images")
+        by_name[name] = OODSource(name, kind, root, explicit=True)
+        skipped.pop(name, None)
+
+    ordered = [by_name[n] for n in order if n in by_name]
+    ordered += [s for n, s in by_name.items() if n not in order]
+    return ordered, skipped
+
+
+def _has_image(root: Path) -> bool:
+    """Whether any image file lies under ``root``; stops at the first (folders can be huge)."""
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(is_image_file(f) for f in files):
+            return True
+    return False
+
+
+def check_ood_source(source: OODSource) -> Optional[str]:
+    """Why ``source`` cannot be scored, or None when it can.
+
+    A problem with a set named on the command line raises UserError instead of returning.
+    """
+    reason = None
+    if not source.path.is_dir():
+        reason = f"path {source.path} not found"
+    elif source.kind == "svhn" and not (source.path / SVHN_TEST_FILE).is_file():
+        reason = f"no {SVHN_TEST_FILE} in {source.path}"
+    elif source.kind in CIFAR_FOLDERS and not (source.path / CIFAR_FOLDERS[source.kind]).is_dir():
+        reason = f"no {CIFAR_FOLDERS[source.kind]}/ in {source.path}"
+    elif source.kind == "folder" and not _has_image(source.path):
+        reason = f"no images in {source.path}"
+    if reason is not None and source.explicit:
+        if source.kind == "folder":
+            raise UserError(f"OOD folder '{source.path}' named with --ood has no images; put images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}) in it, nested folders allowed, or drop --ood {source.name}")
+        raise UserError(f"OOD set '{source.name}' named with --ood cannot be read: {reason}; fix the path")
+    return reason
+
+
+# -------------------------------------------------------------------------- sharding, subsampling
+def shard_indices(n: int, rank: int, world_size: int) -> torch.Tensor:
+    """Indices of the images rank ``rank`` scores: the strided shard ``arange(n)[rank::world_size]``.
+
+    Returns:
+        (ceil((n - rank) / world_size),) int64.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    return torch.arange(n, dtype=torch.int64)[rank::world_size]
+
+
+def merge_shards(parts: Sequence[np.ndarray], indices: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+    """Per-rank arrays (gathered in rank order) back in single-process order.
+
+    Args:
+        parts: rank r's values, (N_r, ...) each.
+        indices: rank r's image indices, (N_r,) each (:attr:`OODData.indices`); needed when
+            unreadable images were dropped. Without it the parts must be whole strided shards.
+    Returns:
+        (sum N_r, ...) values ordered by image index.
+    """
+    parts = [np.asarray(p) for p in parts]
+    if indices is None:
+        n = sum(len(p) for p in parts)
+        indices = [shard_indices(n, r, len(parts)).numpy() for r in range(len(parts))]
+        if [len(i) for i in indices] != [len(p) for p in parts]:
+            raise ValueError(f"part sizes {[len(p) for p in parts]} are not strided shards of {n}; pass indices")
+    index = np.concatenate([np.asarray(i, dtype=np.int64) for i in indices])
+    values = np.concatenate(parts)
+    return values[np.argsort(index, kind="stable")]
+
+
+def subsample_paths(paths: Sequence[str], k: int, seed: int = PLACES365_SUBSAMPLE_SEED) -> list[str]:
+    """A fixed subsample of ``k`` of the sorted ``paths``, in sorted order (all when fewer).
+
+    ``sorted(paths)[i]`` for ``i`` in ``sorted(randperm(n, seed)[:k])``.
+    """
+    ordered = sorted(paths)
+    if len(ordered) <= k:
+        return ordered
+    chosen = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed))[:k]
+    return [ordered[i] for i in sorted(chosen.tolist())]
+
+
+def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE) -> str:
+    """One message naming at most ``limit`` unreadable files, then ``and N more``."""
+    listed = ", ".join(paths[:limit])
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"OOD set '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
+
+
+# --------------------------------------------------------------------------------------- loading
+def load_svhn_test(root: Path) -> torch.Tensor:
+    """SVHN's test split from ``root/test_32x32.mat`` through torchvision.
+
+    Like the CIFAR reader, only the file's presence is checked, not its md5, so that files
+    written in the same layout (tests, re-packed copies) load too.
+
+    Returns:
+        (N, 3, 32, 32) uint8.
+    """
+    from torchvision.datasets import SVHN
+
+    class PresentSVHN(SVHN):
+        def _check_integrity(self) -> bool:
+            return (Path(self.root) / self.filename).is_file()
+
+    try:
+        ds = PresentSVHN(str(root), split="test", download=False)
+    except (RuntimeError, ValueError, KeyError, OSError) as err:
+        raise UserError(f"SVHN at '{root / SVHN_TEST_FILE}' could not be read ({err}); download it again") from None
+    return torch.from_numpy(np.ascontiguousarray(ds.data))
+
+
+class OODData:
+    """The images of one OOD set, as normalized float batches on the device (no labels).
+
+    Attributes:
+        name: the set's name.
+        kind: the source kind.
+        paths: every image path of the set (after the Places365 subsample), folders only; else None.
+        total_images: size of the whole set, all ranks together.
+        shard: (n_rank,) int64 indices of this rank's images.
+        indices: (num_images,) int64 indices of the images yielded, in yield order, so that
+            ``scores[i]`` belongs to image ``indices[i]``; for folders filled during iteration.
+        num_images: images this rank scores; for folders, the files listed before iteration
+            and the ones actually read after it.
+        unreadable: paths of files that could not be decoded, filled during iteration.
+    """
+
+    def __init__(self, source: OODSource, cfg: Config, device: torch.device | str, batch_size: Optional[int] = None,
+                 rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.name, self.kind = source.name, source.kind
+        self.cfg = cfg
+        self.device = torch.device(device)
+        # the eval batch is global, as for the ID loaders: each rank takes its share
+        self.batch_size = max(1, (batch_size or cfg.eval_batch_size) // world_size)
+        self.seed = seed  # only the order-free eval path exists; kept for the loader's signature
+        self.paths: Optional[list[str]] = None
+        self.unreadable: list[str] = []
+        self._warned = False
+        if source.kind == "folder":
+            self.paths = self._list_folder(source)
+            self.total_images = len(self.paths)
+            self.shard = shard_indices(self.total_images, rank, world_size)
+            self.indices = self.shard.clone()
+            self._loader = None
+        else:
+            images = self._load_array(source)
+            self.total_images = len(images)
+            self.shard = shard_indices(self.total_images, rank, world_size)
+            self.indices = self.shard.clone()
+            self._loader = self._array_loader(images[self.shard])
+
+    @property
+    def num_images(self) -> int:
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+        return -(-len(self.shard) // self.batch_size)
+
+    def _list_folder(self, source: OODSource) -> list[str]:
+        from .images import list_images
+
+        paths = list_images(source.path)
+        if source.name == "places365":
+            paths = subsample_paths(paths, self.cfg.places365_samples)
+        return paths
+
+    def _load_array(self, source: OODSource) -> torch.Tensor:
+        if source.kind == "svhn":
+            return load_svhn_test(source.path)
+        return load_cifar(source.kind, source.path, train=False, download=False).images
+
+    def _array_loader(self, images: torch.Tensor):
+        from .loaders import make_loader
+
+        # the ID test path, so that OOD arrays get exactly the ID preprocessing; sharding is done
+        # here (strided over the whole set), not by the loader (strided within each batch)
+        split = Split(self.kind, images=images, labels=torch.zeros(len(images), dtype=torch.int64))
+        return make_loader(self.cfg, split, train=False, device=self.device, batch_size=self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """Yield (B, 3, S, S) float batches on the device; unreadable folder images are left out."""
+        if self._loader is not None:
+            for images, _ in self._loader:
+                yield images
+            return
+        yield from self._iterate_folder()
+
+    def _iterate_folder(self) -> Iterator[torch.Tensor]:
+        from torch.utils.data import DataLoader
+
+        from .images import TolerantImageDataset, eval_transform
+
+        shard_paths = [self.paths[i] for i in self.shard.tolist()]
+        dataset = TolerantImageDataset(shard_paths, eval_transform(self.cfg))
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        kept: list[torch.Tensor] = []
+        self.unreadable = []
+        try:
+            for images, local, ok in loader:
+                self.unreadable += [shard_paths[i] for i in local[~ok].tolist()]
+                if not ok.any():
+                    continue
+                kept.append(self.shard[local[ok]])
+                images = images if ok.all() else images[ok]
+                images = images.to(self.device, non_blocking=True)
+                if self.cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                yield images
+        finally:
+            # also after a partial pass, ``indices`` matches the batches actually yielded
+            self.indices = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
+        if self.unreadable and not self._warned:
+            self._warned = True
+            warnings.warn(describe_unreadable(self.name, self.unreadable), UnreadableImagesWarning, stacklevel=2)
+
+
+def open_ood(source: OODSource, cfg: Config, device: torch.device | str, batch_size: Optional[int] = None,
+             rank: int = 0, world_size: int = 1, seed: int = 0) -> OODData:
+    """Open one OOD set for scoring; rank ``rank`` of ``world_size`` gets the strided shard."""
+    return OODData(source, cfg, device, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
