@@ -22,6 +22,11 @@ OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cif
 # JSON spellings that differ from the dataclass field name.
 ALIASES = {"epoch": "epochs", "lsun-resize": "lsun_resize"}
 REQUIRED = ("id_dataset", "save_path")
+# Keys written into a run's config.json for provenance; skipped when that file is loaded again.
+RECORD_ONLY = ("git_commit",)
+# Spellings from other code bases that string similarity cannot link to ours.
+SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "model": "arch", "architecture": "arch",
+            "num_epochs": "epochs", "n_epochs": "epochs"}
 
 
 @dataclass
@@ -132,6 +137,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 value = json.loads(value)
             except json.JSONDecodeError:
                 pass
+        if isinstance(value, str):  # --set blocks=layer3.1,layer4.0
+            value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         return [_coerce(key, v, args[0]) for v in value]
@@ -175,7 +182,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 def _field_name(key: str) -> str:
     name = ALIASES.get(key, key)
     if name not in FIELDS:
-        close = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.5)
+        # suggest the canonical spelling ('epochs', not the seed alias 'epoch')
+        canonical = [k for k in _valid_keys() if k != "epoch"]
+        close = [SYNONYMS[key]] if key in SYNONYMS else difflib.get_close_matches(key, canonical, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(_valid_keys())}"
         raise ConfigError(f"unknown config key '{key}'{hint}")
     return name
@@ -197,7 +206,12 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Build a validated :class:`Config` from a flat mapping (JSON spellings allowed)."""
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        name = _field_name(key)
+        if key in RECORD_ONLY:
+            continue
+        try:
+            name = _field_name(key)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
         try:
             values[name] = _coerce(key, value, _HINTS[name])
         except ConfigError as err:

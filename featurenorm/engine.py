@@ -211,6 +211,10 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
             _check_finite(losses, first, steps_per_epoch - 1, epoch)
             scheduler.step()
             seconds = time.perf_counter() - started
+            if info.enabled:
+                # BatchNorm running stats drift apart on each rank's shard: evaluate rank 0's, which are saved
+                _broadcast_buffers(model)
+                losses, correct, seen = _reduce_train_stats(losses, correct, seen, info.world_size)
             test_acc = evaluate_accuracy(model, test_loader, amp)
             done = steps_per_epoch - first
             metrics = {
@@ -227,6 +231,22 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
             if stop.signum is not None:
                 raise StopRequested(stop.signum)
     return metrics
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running mean/var, counters) to every rank."""
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer.data, src=0)
+
+
+def _reduce_train_stats(losses: torch.Tensor, correct: torch.Tensor, seen: int,
+                        world_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Whole-job training stats: (steps,) loss averaged over ranks; correct and seen summed."""
+    losses = losses.clone()
+    torch.distributed.all_reduce(losses)
+    counts = torch.stack([correct.to(losses.dtype), torch.tensor(float(seen), device=losses.device)])
+    torch.distributed.all_reduce(counts)
+    return losses / world_size, counts[0], int(counts[1])
 
 
 def _epoch_lr(cfg: Config, epoch: int) -> float:

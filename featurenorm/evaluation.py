@@ -342,7 +342,9 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             result = score_dataset(scorer, data, len(data) if hasattr(data, "__len__") else None, source.name,
                                    info, None, show, False)
             result.unreadable = list(data.unreadable)
-            unreadable[source.name] = len(data.unreadable)
+            if info.enabled:
+                _merge_ood_shards(result, data, info)
+            unreadable[source.name] = len(result.unreadable)
             if result.count == 0:
                 skipped[source.name] = "no readable images"
                 continue
@@ -356,6 +358,22 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         return results
     finally:
         shutdown_distributed()
+
+
+def _merge_ood_shards(result: DatasetScores, data, info: Dist) -> None:
+    """Put an OOD set's gathered scores (rank order) back in file order; collect every rank's unreadable files.
+
+    Args:
+        result: scores gathered by :func:`score_dataset` with ``n_full=None`` (concatenated by rank).
+        data: the set's :class:`~featurenorm.data.ood.OODData` after the pass (``indices``, ``unreadable``).
+    """
+    order = torch.argsort(gather_concat(data.indices, info), stable=True)
+    result.scores = {k: v[order] for k, v in result.scores.items()}
+    result.block_norms = {k: v[order] for k, v in result.block_norms.items()}
+    parts: list = [None] * info.world_size
+    torch.distributed.all_gather_object(parts, list(data.unreadable))
+    position = {path: i for i, path in enumerate(data.paths or [])}
+    result.unreadable = sorted((p for part in parts for p in part), key=lambda p: position.get(p, -1))
 
 
 def _check_finite(result: DatasetScores, where: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the featurenorm checkout, when it is one (recorded in every run folder)."""
     try:

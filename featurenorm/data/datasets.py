@@ -15,6 +15,7 @@ device-resident loader can hold them whole; ImageFolder data stays on disk.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -150,6 +151,17 @@ def _cifar_class(kind: str):
             folder = Path(self.root) / self.base_folder
             return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:
+            # torchvision checks the meta file's md5 here too, outside _check_integrity
+            if self.verify_md5:
+                return super()._load_meta()
+            path = Path(self.root) / self.base_folder / self.meta["filename"]
+            if not path.is_file():
+                raise RuntimeError(f"{self.meta['filename']} is missing")
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
     return Cifar
 
 
@@ -165,8 +177,9 @@ def load_cifar(kind: str, root: Path, train: bool, download: bool) -> Split:
                         f"(or --set download=true), or run scripts/download_data.sh")
     try:
         ds = cls(str(root), train=train, download=False)
-    except RuntimeError as err:
-        raise UserError(f"{kind} at '{folder}' is incomplete ({err}); delete it and download again") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise UserError(f"{kind} at '{folder}' is incomplete or corrupt ({type(err).__name__}: {err}); "
+                        "delete it and download again") from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return Split(kind, images=images, labels=torch.tensor(ds.targets, dtype=torch.int64), classes=list(ds.classes))
 
