@@ -205,13 +205,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     """Build a validated :class:`Config` from a flat mapping (JSON spellings allowed)."""
     values: dict[str, Any] = {}
+    where = f"{source}: " if source != "config" else ""  # name the file when there is one
     for key, value in raw.items():
         if key in RECORD_ONLY:
             continue
         try:
             name = _field_name(key)
         except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
+            raise ConfigError(f"{where}{err}") from None
         try:
             values[name] = _coerce(key, value, _HINTS[name])
         except ConfigError as err:
