@@ -1,0 +1,84 @@
+"""select_block.py on a tiny trained model: the JSON, the argmax, determinism, and NormRatio by hand."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from featurenorm.checkpoint import load_checkpoint
+from featurenorm.data.datasets import load_split
+from featurenorm.data.jigsaw import apply_permutation, sample_permutations
+from featurenorm.data.loaders import DeviceLoader
+from featurenorm.features import block_feature_norms
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "select_block.py", "--config", str(REPO / "conf" / "digits.json"),
+                           "--set", f"save_path={run_dir}", "--set", "width=0.0625", "--set", "device=cpu",
+                           "--no-progress", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def run_dir(trained_digits_run, tmp_path):
+    shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "last.pt")
+    return tmp_path
+
+
+def test_select_block_writes_json_and_plot_deterministically(run_dir):
+    done = run_cli(run_dir, "--num-samples", "120", "--seed", "3")
+    assert done.returncode == 0, done.stderr
+    first = (run_dir / "block_selection.json").read_bytes()
+    result = json.loads(first)
+    assert result["num_samples"] == 120 and result["grid"] == 3 and result["seed"] == 3
+    assert result["criterion"] == "norm_ratio" and result["arch"] == "resnet18"
+    names = [b["name"] for b in result["blocks"]]
+    assert names == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
+    best = max(result["blocks"], key=lambda b: b["norm_ratio"])
+    assert result["selected"] == {"index": best["index"], "name": best["name"]}
+    assert result["blocks"][0]["shape"] == [4, 32, 32] and result["blocks"][-1]["shape"] == [32, 4, 4]
+    assert (run_dir / "norm_ratio.png").read_bytes()[:4] == b"\x89PNG"
+    assert best["name"] in done.stdout and "NormRatio" in done.stdout
+
+    assert run_cli(run_dir, "--num-samples", "120", "--seed", "3").returncode == 0
+    assert (run_dir / "block_selection.json").read_bytes() == first
+    assert run_cli(run_dir, "--num-samples", "120", "--seed", "4").returncode == 0
+    assert (run_dir / "block_selection.json").read_bytes() != first
+
+
+def test_auroc_criterion_picks_the_argmax_auroc(run_dir):
+    assert run_cli(run_dir, "--num-samples", "80", "--criterion", "auroc", "--grid", "2").returncode == 0
+    result = json.loads((run_dir / "block_selection.json").read_text())
+    best = max(result["blocks"], key=lambda b: b["jigsaw_auroc"])
+    assert result["criterion"] == "auroc" and result["grid"] == 2
+    assert result["selected"]["name"] == best["name"]
+
+
+def test_norm_ratio_equals_a_direct_computation(run_dir, trained_digits_run):
+    from featurenorm.selection import run_selection
+    from dataclasses import replace
+
+    cfg = replace(trained_digits_run.cfg, save_path=str(run_dir), eval_batch_size=37)
+    result = run_selection(cfg, num_samples=50, seed=5, progress=False)
+    # the same subsample and puzzles, computed in one batch through block_feature_norms
+    generator = torch.Generator().manual_seed(5)
+    split = load_split(cfg, train=True)
+    chosen = torch.randperm(len(split), generator=generator)[:50].sort().values
+    permutations = sample_permutations(50, 32, 32, 3, generator)
+    images = next(iter(DeviceLoader(split.images[chosen], split.labels[chosen], 50, train=False, mean=cfg.mean,
+                                    std=cfg.std, device=torch.device("cpu"))))[0]
+    puzzles = apply_permutation(images, permutations, 3)
+    model, _ = load_checkpoint(run_dir / "last.pt")
+    blocks = model.block_names
+    id_norms = block_feature_norms(model, images, blocks)
+    puzzle_norms = block_feature_norms(model, puzzles, blocks)
+    for row in result["blocks"]:
+        ratio = (id_norms[row["name"]].double() / puzzle_norms[row["name"]].double()).mean().item()
+        assert row["norm_ratio"] == pytest.approx(ratio, rel=1e-5)
+        assert row["id_norm_mean"] == pytest.approx(id_norms[row["name"]].mean().item(), rel=1e-5)
