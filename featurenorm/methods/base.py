@@ -134,8 +134,9 @@ def register_method(cls: M) -> M:
 def method_names() -> list[str]:
     """All method names in table order (:data:`METHOD_ORDER`):
     featurenorm, msp, odin, energy, energy_react, energy_dice, maxlogit, mahalanobis, knn, vim,
-    ash, msp_blocknorm, odin_blocknorm, energy_blocknorm."""
-    return list(METHOD_ORDER)
+    ash, msp_blocknorm, odin_blocknorm, energy_blocknorm, then methods registered by users in
+    the order they were registered."""
+    return list(METHOD_ORDER) + [name for name in METHODS if name not in METHOD_ORDER]
 
 
 def build_method(name: str, cfg: Config) -> Method:

@@ -98,3 +98,23 @@ def test_blocknorm_with_the_penultimate_norm_is_the_plain_method(plain, blocknor
     expected = score_batch(build_method(plain, Config()), tiny_run, penultimate_norm)
     got = score_batch(build_method(blocknorm, Config()), tiny_run, penultimate_norm)
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_user_method_is_listed_and_accepted_by_eval(monkeypatch):
+    import torch
+
+    from featurenorm.evaluation import parse_methods
+    from featurenorm.methods import base
+
+    class MaxFeature(base.Method):
+        name = "maxfeature"
+        needs = frozenset({"features"})
+
+        def score(self, out, head):
+            return out.features.max(dim=1).values
+
+    monkeypatch.setitem(base.METHODS, "maxfeature", MaxFeature)
+    assert base.method_names()[-1] == "maxfeature"
+    assert parse_methods("msp,maxfeature") == ["msp", "maxfeature"]
+    scores = MaxFeature().score(base.Outputs(features=torch.tensor([[1.0, 3.0], [-2.0, -1.0]])), None)
+    assert scores.tolist() == [3.0, -1.0]
