@@ -10,7 +10,6 @@ import sys
 
 from featurenorm.config import load_config
 from featurenorm.errors import run_cli
-from featurenorm.selection import format_block_table, run_selection
 
 
 def main(argv: list[str]) -> int:
@@ -26,6 +25,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    from featurenorm.selection import format_block_table, run_selection  # imports torch: after the config check
+
     result = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
                            progress=not args.no_progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:

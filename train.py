@@ -5,7 +5,6 @@ import argparse
 import sys
 
 from featurenorm.config import load_config
-from featurenorm.engine import StopRequested, train
 from featurenorm.errors import run_cli
 
 
@@ -20,6 +19,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
+    from featurenorm.engine import StopRequested, train  # imports torch: after the config is known to be good
+
     try:
         metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except StopRequested as stop:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ from .io import atomic_path
 from .models import build_model
 
 FORMAT = "featurenorm-checkpoint/1"
+# Modules a legacy (non-zip) torch.save file imports to rebuild tensors; anything else is code.
+SAFE_PICKLE_MODULES = ("torch", "collections", "_codecs")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -30,19 +34,67 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise UserError(f"checkpoint '{path}' not found; train first (python train.py --config ...) "
                         "or pass --checkpoint PATH")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise UserError(f"refused to load '{path}': it holds pickled Python objects that could run code; "
-                            "only load checkpoints written by featurenorm from sources you trust") from None
-        raise UserError(f"checkpoint '{path}' is corrupt ({text.splitlines()[0]}); retrain or re-download it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"checkpoint '{path}' is truncated or corrupt ({first}); retrain or re-download it") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"'{path}' is not a featurenorm checkpoint (no model/config entries)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
+            state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise _load_error(path, err) from None
+    if not isinstance(state, dict) or not all(key in state for key in ("model", "config", "num_classes")):
+        raise UserError(f"'{path}' is not a featurenorm checkpoint (no model/config/num_classes entries)")
     return state
+
+
+def _load_error(path: Path, err: Exception) -> UserError:
+    """Tell a refused (code-carrying) file from a truncated or foreign one."""
+    text = str(err)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    complete_zip = head.startswith(b"PK") and zipfile.is_zipfile(path)
+    # any import torch blocks is code (a pickled nn.Module, os.system, ...); only in a legacy
+    # (non-zip) file can a torch name blocked for being cut short mean truncation instead
+    blocked = re.search(r"GLOBAL ([\w.]+)", text)
+    if blocked and (complete_zip or blocked.group(1).split(".")[0] not in SAFE_PICKLE_MODULES) \
+            or _pickle_calls_code(path):
+        return UserError(f"refused to load '{path}': it holds pickled Python objects that could run code; "
+                         "only load checkpoints written by featurenorm from sources you trust")
+    if head.startswith(b"PK") and not complete_zip:
+        why = "the zip archive is incomplete"
+    elif not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        why = "not a PyTorch file"
+    elif blocked:
+        why = f"it names an unknown function {blocked.group(1)}"
+    elif text.startswith("Weights only load failed"):  # torch's long advice; keep its one specific line
+        why = next((line.strip() for line in text.splitlines() if line.strip().startswith("Unsupported")),
+                   "unreadable pickle data")
+    else:
+        why = text.splitlines()[0] if text else type(err).__name__
+    return UserError(f"checkpoint '{path}' is truncated or corrupt ({why}); retrain or re-download it")
+
+
+def _pickle_calls_code(path: Path) -> bool:
+    """Whether a plain pickle (not torch's zip format) imports anything beyond torch's own rebuild helpers.
+
+    The opcodes are only read, never run.
+    """
+    import pickletools
+
+    strings: list[str] = []  # STACK_GLOBAL takes its module and name from the two strings before it
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str):
+                    strings = (strings + [arg])[-2:]
+                if op.name in ("GLOBAL", "INST"):
+                    module = str(arg).split(" ")[0]
+                elif op.name == "STACK_GLOBAL" and len(strings) == 2:
+                    module = strings[0]
+                else:
+                    continue
+                if module.split(".")[0] not in SAFE_PICKLE_MODULES:
+                    return True
+    except Exception:  # not a pickle, or cut short: nothing found to run
+        return False
+    return False
 
 
 def checkpoint_config(state: dict[str, Any]) -> Config:

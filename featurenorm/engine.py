@@ -5,6 +5,7 @@ seeded by ``(seed, epoch)``, and the global RNG state (dropout) is saved in ever
 """
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -148,6 +149,8 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step = state["epoch"], state.get("step", 0)
         set_rng_state(state["rng"], device)
+        if info.is_main:
+            _trim_log(save_dir / "train_log.jsonl", start_epoch)
     elif info.is_main:
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / "train_log.jsonl").unlink(missing_ok=True)
@@ -166,13 +169,14 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
     test_loader = make_loader(cfg, test_split, train=False, device=device, rank=info.rank,
                               world_size=info.world_size)
 
-    def checkpoint(epoch: int, step: int, metrics: dict[str, Any], finished: bool) -> None:
+    def checkpoint(epoch: int, step: int, metrics: dict[str, Any], finished: bool,
+                   partial: dict[str, Any] | None = None) -> None:
         if info.is_main:
             save_checkpoint(last_path, {
                 "arch": cfg.arch, "num_classes": num_classes, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                 "step": step, "rng": rng_state(device), "config": cfg.to_dict(), "metrics": metrics,
-                "finished": finished, "git_commit": git_commit()})
+                "finished": finished, "git_commit": git_commit(), **({"partial_epoch": partial} if partial else {})})
 
     metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
     steps_per_epoch = len(train_loader)
@@ -185,6 +189,16 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
             losses = torch.zeros(steps_per_epoch, device=device)
             correct = torch.zeros((), device=device)
             seen = 0
+            # the epoch's statistics start where a mid-epoch stop left them, so the log matches an
+            # uninterrupted run (under torchrun every rank restores rank 0's part)
+            counted_from = first
+            partial = state.get("partial_epoch") if state is not None and first else None
+            if partial is not None:
+                losses[:first] = partial["losses"].to(device)
+                correct += partial["correct"]
+                seen = int(partial["seen"])
+                started -= float(partial["seconds"])
+                counted_from = 0
             bar = progress_bar(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                disable=not (progress and info.is_main), leave=False)
             for step, (x, y) in enumerate(train_loader.iterate(first), start=first):
@@ -198,17 +212,20 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
                 if step % 10 == 0 or step == steps_per_epoch - 1:
-                    _check_finite(losses, first, step, epoch)
+                    _check_finite(losses, first, step, epoch, last_path)
                     elapsed = time.perf_counter() - started
                     bar.set_postfix(loss=f"{losses[step].item():.3f}", acc=f"{(correct / seen).item():.3f}",
                                     img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}")
                 bar.update(1)
                 if stop.signum is not None:
                     bar.close()
-                    checkpoint(epoch, step + 1, metrics, False)
+                    _check_finite(losses, first, step, epoch, last_path)  # never save diverged weights over good ones
+                    checkpoint(epoch, step + 1, metrics, False, partial={
+                        "losses": losses[:step + 1].cpu(), "correct": int(correct), "seen": seen,
+                        "seconds": time.perf_counter() - started})
                     raise StopRequested(stop.signum)
             bar.close()
-            _check_finite(losses, first, steps_per_epoch - 1, epoch)
+            _check_finite(losses, first, steps_per_epoch - 1, epoch, last_path)
             scheduler.step()
             seconds = time.perf_counter() - started
             if info.enabled:
@@ -216,10 +233,10 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
                 _broadcast_buffers(model)
                 losses, correct, seen = _reduce_train_stats(losses, correct, seen, info.world_size)
             test_acc = evaluate_accuracy(model, test_loader, amp)
-            done = steps_per_epoch - first
+            done = steps_per_epoch - counted_from
             metrics = {
                 "epoch": epoch + 1, "lr": _epoch_lr(cfg, epoch),
-                "train_loss": float(losses[first:].sum() / max(done, 1)),
+                "train_loss": float(losses[counted_from:].sum() / max(done, 1)),
                 "train_acc": float(correct) / max(seen, 1), "test_acc": test_acc, "seconds": round(seconds, 3),
             }
             if info.is_main:
@@ -228,7 +245,7 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
                     tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
                                f"train {metrics['train_acc']:.4f}  test {test_acc:.4f}  {seconds:.1f}s")
             checkpoint(epoch + 1, 0, metrics, epoch + 1 == cfg.epochs)
-            if stop.signum is not None:
+            if stop.signum is not None and epoch + 1 < cfg.epochs:  # after the last epoch: simply done
                 raise StopRequested(stop.signum)
     return metrics
 
@@ -254,10 +271,27 @@ def _epoch_lr(cfg: Config, epoch: int) -> float:
     return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
 
-def _check_finite(losses: torch.Tensor, first: int, step: int, epoch: int) -> None:
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """Drop log lines past the checkpoint's epoch (written before a crash, redone on resume) and torn lines."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("epoch", 0) <= epochs_done:
+            kept.append(line + "\n")
+    io.write_text(path, "".join(kept))
+
+
+def _check_finite(losses: torch.Tensor, first: int, step: int, epoch: int, last_path: Path) -> None:
+    """Raise when any loss of steps ``first..step`` (0-based) of ``epoch`` is NaN or infinite."""
     window = losses[first:step + 1]
     bad = ~torch.isfinite(window)
     if bool(bad.any()):
         at = first + int(bad.nonzero()[0])
+        kept = f"'{last_path}' still holds the last good state" if last_path.exists() else "no checkpoint was written"
         raise UserError(f"loss became {losses[at].item()} at epoch {epoch + 1}, step {at + 1}; training stopped and "
-                        "last.pt still holds the last good epoch. Lower lr or check the data")
+                        f"{kept}. Lower lr or check the data")

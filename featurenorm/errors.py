@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 
@@ -21,6 +22,9 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    shown = warnings.showwarning
+    if not debug:  # warnings become one line each, like errors; --debug keeps where they came from
+        warnings.showwarning = _one_line_warning
     try:
         return int(main(argv) or 0)
     except UserError as err:
@@ -33,3 +37,9 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
             traceback.print_exc()
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=file or sys.stderr)

@@ -109,12 +109,16 @@ class Scorer:
 
     def score_batch(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                           torch.Tensor | None]:
-        """Scores of every one-pass method, the tapped block norms, and the logits."""
+        """Scores of every one-pass method, the tapped block norms, and the logits.
+
+        All stay on the images' device: copying them to the CPU here would make the host wait for
+        every batch (a GPU sync per method); :func:`score_dataset` copies once per data set.
+        """
         out, norms = self.forward(images)
         with torch.inference_mode():
-            scores = {name: method.score(out, self.head).float().cpu()
+            scores = {name: method.score(out, self.head).float()
                       for name, method in self.methods.items() if not method.needs_input}
-        return scores, {k: v.cpu() for k, v in norms.items()}, out.logits
+        return scores, norms, out.logits
 
     def input_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Scores of the methods that perturb the input (ODIN and its block-norm variant)."""
@@ -153,7 +157,8 @@ def score_dataset(scorer: Scorer, batches: Iterable, total: int | None, desc: st
     """
     parts: dict[str, list[torch.Tensor]] = {}
     norm_parts: dict[str, list[torch.Tensor]] = {}
-    correct = count = 0
+    hits: list[torch.Tensor] = []  # correct predictions per batch, summed once at the end (no per-batch sync)
+    count = 0
     has_input = any(m.needs_input for m in scorer.methods.values())
     bar = progress_bar(total=total, desc=desc, leave=False, disable=not progress)
     for batch in batches:
@@ -166,16 +171,17 @@ def score_dataset(scorer: Scorer, batches: Iterable, total: int | None, desc: st
         for name, value in norms.items():
             norm_parts.setdefault(name, []).append(value)
         if labels is not None and logits is not None:
-            correct += int((logits.argmax(1) == labels).sum())
+            hits.append((logits.argmax(1) == labels.to(logits.device)).sum())
         count += images.shape[0]
         bar.update(1)
     bar.close()
+    correct = int(torch.stack(hits).sum()) if hits else 0
     result = DatasetScores(correct=correct, count=count)
 
     def gather(values: list[torch.Tensor]) -> torch.Tensor:
         if n_full is None:  # shards of unknown size (unreadable files dropped): concatenate in rank order
-            return gather_concat(torch.cat(values), info)
-        return gather_sharded(torch.cat(values), n_full, info)
+            return gather_concat(torch.cat(values).cpu(), info)
+        return gather_sharded(torch.cat(values).cpu(), n_full, info)
 
     result.scores = {k: gather(v) for k, v in parts.items()}
     result.block_norms = {k: gather(v) for k, v in norm_parts.items()}
@@ -317,7 +323,8 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             else:
                 live.append(source)
         if not live:
-            raise UserError("no OOD data set to evaluate: configure OOD paths (svhn, textures, ...) or pass "
+            why = f" (skipped {'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
+            raise UserError(f"no OOD data set to evaluate{why}: configure OOD paths (svhn, textures, ...) or pass "
                             "--ood name=path")
         for name, reason in skipped.items():
             print(f"skipping OOD set '{name}': {reason}", file=sys.stderr)
@@ -350,6 +357,9 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
                 continue
             _check_finite(result, f"OOD set '{source.name}'")
             ood_scores[source.name] = result
+        if not ood_scores:
+            raise UserError("no OOD image could be read (skipped "
+                            f"{'; '.join(f'{k}: {v}' for k, v in skipped.items())}); check the OOD folders")
 
         results = assemble_results(cfg, path, selected, names, built, id_scores, ood_scores, skipped, unreadable,
                                    all_blocks, fit_status, need_logits)

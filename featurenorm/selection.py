@@ -229,8 +229,9 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
             puzzles = images.clone() if grid == 1 else apply_permutation(images, permutations, grid)
             with autocast(amp, images.device):
                 tap.run(model, torch.cat([images, puzzles]))
+            # kept on the device: a copy to the CPU per block and batch would stall a GPU every batch
             for name in tap.blocks:
-                values = tap.values[name].float().cpu()
+                values = tap.values[name].float()
                 id_parts[name].append(values[:size])
                 jigsaw_parts[name].append(values[size:])
             shapes.update(tap.shapes)
@@ -238,8 +239,8 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
     bar.close()
     if not shapes:
         raise UserError("block selection got no images; check the ID training set")
-    return BlockNorms(id={n: torch.cat(p) for n, p in id_parts.items()},
-                      jigsaw={n: torch.cat(p) for n, p in jigsaw_parts.items()},
+    return BlockNorms(id={n: torch.cat(p).cpu() for n, p in id_parts.items()},
+                      jigsaw={n: torch.cat(p).cpu() for n, p in jigsaw_parts.items()},
                       shapes={n: shapes[n] for n in blocks})
 
 
@@ -282,6 +283,7 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
                                      progress=progress and info.is_main)
         norms.id = {n: gather_sharded(v, len(chosen), info) for n, v in norms.id.items()}
         norms.jigsaw = {n: gather_sharded(v, len(chosen), info) for n, v in norms.jigsaw.items()}
+        _check_finite_norms(norms, path)
         rows = summarize_blocks(norms, blocks)
         selected = choose_block(rows, criterion)
         result = {"arch": cfg.arch, "checkpoint": str(path), "num_samples": int(len(chosen)), "grid": grid,
@@ -293,6 +295,16 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         return result
     finally:
         shutdown_distributed()
+
+
+def _check_finite_norms(norms: BlockNorms, checkpoint) -> None:
+    """A NaN/inf FeatureNorm means a broken model, not a worse block: stop instead of selecting around it."""
+    for kind, per_block in (("ID", norms.id), ("jigsaw", norms.jigsaw)):
+        for name, values in per_block.items():
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                raise UserError(f"block '{name}' gave {bad} NaN/inf FeatureNorm(s) on the {kind} images; check the "
+                                f"checkpoint '{checkpoint}' (it may have diverged)")
 
 
 def _selection_loader(cfg, split, index: torch.Tensor, permutations: torch.Tensor, device: torch.device):

@@ -199,7 +199,7 @@ def test_train_py_bad_config_exits_2_with_one_line(tmp_path):
     bad.write_text('{"id_dataset": "digits", "save_path": "x", "learning_rate": 0.1}')
     out = run_train_py("--config", str(bad))
     assert (out.returncode, out.stdout) == (2, "")
-    assert out.stderr == "error: unknown config key 'learning_rate'; did you mean 'lr'?\n"  # no traceback
+    assert out.stderr == f"error: {bad}: unknown config key 'learning_rate'; did you mean 'lr'?\n"  # no traceback
 
 
 def test_train_py_trains_then_refuses_to_overwrite(tmp_path):

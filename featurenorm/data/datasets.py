@@ -89,7 +89,8 @@ def load_split(cfg: Config, train: bool) -> Split:
         split = load_imagefolder(root, train)
     found = len(split.classes) if split.classes is not None else NUM_CLASSES[kind]
     if cfg.num_classes is not None and cfg.num_classes != found:
-        raise UserError(f"num_classes is {cfg.num_classes} in the config but {kind} at '{root}' has {found} classes; "
+        where = kind if kind == "digits" else f"{kind} at '{root}'"  # digits is bundled: no folder to name
+        raise UserError(f"num_classes is {cfg.num_classes} in the config but {where} has {found} classes; "
                         f"set num_classes to {found}")
     return split
 

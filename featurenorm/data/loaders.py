@@ -33,6 +33,17 @@ def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device
     return 1.0 / (255.0 * std_t), mean_t / std_t
 
 
+def to_device_async(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor to ``device`` without making the host wait for the device.
+
+    A plain copy from pageable memory to a GPU synchronizes, so every training step would wait
+    for the previous one to finish; staging in pinned memory lets the copy queue behind it.
+    """
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
     """Batched random crop (zero padding) and horizontal flip.
 
@@ -46,14 +57,14 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator:
     device = images.device
     if padding > 0:
         padded = F.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (B,), generator=generator).to(device)
+        dy = to_device_async(torch.randint(0, 2 * padding + 1, (B,), generator=generator), device)
+        dx = to_device_async(torch.randint(0, 2 * padding + 1, (B,), generator=generator), device)
         rows = (dy[:, None] + torch.arange(H, device=device))[:, None, :, None].expand(B, C, H, W + 2 * padding)
         picked = padded.gather(2, rows)
         cols = (dx[:, None] + torch.arange(W, device=device))[:, None, None, :].expand(B, C, H, W)
         images = picked.gather(3, cols)
     if hflip:
-        flip = (torch.rand(B, generator=generator) < 0.5).to(device)
+        flip = to_device_async(torch.rand(B, generator=generator) < 0.5, device)
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
     return images
 
@@ -170,9 +181,16 @@ class FolderLoader:
     def iterate(self, start_step: int = 0):
         # reseeding the same generator object keeps persistent workers valid between epochs
         self._generator.manual_seed(self.seed * 100_003 + self.epoch)
-        for step, (x, y) in enumerate(self._loader):
-            if step < start_step:
-                continue
+        batches = iter(self._loader)
+        if start_step:
+            # Skipped batches are still loaded, and without workers their random crops and flips
+            # draw from the global RNG that the checkpoint restored: put it back, so that the rest
+            # of the epoch matches an uninterrupted run. (Workers keep their own RNG streams.)
+            rng = torch.get_rng_state()
+            for _ in zip(range(start_step), batches):
+                pass
+            torch.set_rng_state(rng)
+        for x, y in batches:
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
