@@ -217,6 +217,8 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
                     bar.set_postfix(loss=f"{losses[step].item():.3f}", acc=f"{(correct / seen).item():.3f}",
                                     img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}")
                 bar.update(1)
+                if info.enabled:
+                    _agree_on_stop(stop, device)  # every rank stops at the same step, or one would hang
                 if stop.signum is not None:
                     bar.close()
                     _check_finite(losses, first, step, epoch, last_path)  # never save diverged weights over good ones
@@ -264,6 +266,14 @@ def _reduce_train_stats(losses: torch.Tensor, correct: torch.Tensor, seen: int,
     counts = torch.stack([correct.to(losses.dtype), torch.tensor(float(seen), device=losses.device)])
     torch.distributed.all_reduce(counts)
     return losses / world_size, counts[0], int(counts[1])
+
+
+def _agree_on_stop(stop: "_SignalFlag", device: torch.device) -> None:
+    """A signal seen by any rank stops all of them after this step (the highest signal number wins)."""
+    flag = torch.tensor([stop.signum or 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if int(flag.item()):
+        stop.signum = int(flag.item())
 
 
 def _epoch_lr(cfg: Config, epoch: int) -> float:

@@ -354,5 +354,5 @@ class _Paired:
         start = 0
         for images, _ in self.loader:
             size = images.shape[0]
-            yield images, self.permutations[start:start + size].to(images.device)
+            yield images, self.permutations[start:start + size]  # apply_permutation moves it after checking
             start += size

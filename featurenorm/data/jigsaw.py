@@ -162,9 +162,9 @@ def apply_permutation(images: torch.Tensor, permutation: torch.Tensor, grid: int
     """
     _check(images, grid)
     batch, _, height, width = images.shape
-    permutation = permutation.to(images.device)
+    # checked where it lives (the CPU, usually) before it moves: a check on the GPU would stall it
     _check_permutation(permutation, batch, height, width, grid)
-    return _rearrange(images, permutation, grid)
+    return _rearrange(images, permutation.to(images.device, non_blocking=True), grid)
 
 
 def _rearrange(images: torch.Tensor, permutation: torch.Tensor, grid: int) -> torch.Tensor:
