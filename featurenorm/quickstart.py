@@ -67,6 +67,11 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
     else:
         results = run_evaluation(cfg, ood_specs=specs, all_blocks=True, save_scores=True, progress=progress)
     print(results_table(results, "md"))
+    if results.get("per_block"):
+        selected = results["block"]["name"]
+        by_block = "  ".join(f"{name}{'*' if name == selected else ''} {100 * metrics['average']['auroc']:.1f}"
+                             for name, metrics in results["per_block"].items())
+        print(f"\nFeatureNorm average AUROC (%) at every block (* = selected by NormRatio):\n  {by_block}")
     plots = [save_dir / name for name in ("norm_ratio.png", "feature_norm_hist.png", "norm_ratio_vs_auroc.png")]
     print("\nplots:")
     for plot in plots:
