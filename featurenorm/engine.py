@@ -6,7 +6,6 @@ seeded by ``(seed, epoch)``, and the global RNG state (dropout) is saved in ever
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from pathlib import Path

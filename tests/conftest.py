@@ -169,3 +169,15 @@ def write_cifar(root: str | Path, kind: str = "cifar10", per_file: int = 3, seed
 def make_cifar() -> Callable[..., CifarData]:
     """``make_cifar(root, kind="cifar10", per_file=3, seed=0) -> CifarData``."""
     return write_cifar
+
+
+@pytest.fixture
+def one_torch_thread():
+    """In-process training on one thread: the two cores are shared with the CLIs a test starts, and
+    two OpenMP threads on a busy core are several times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

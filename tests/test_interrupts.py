@@ -29,14 +29,7 @@ RECIPE = ["--config", "conf/digits.json", "--set", "width=0.0625", "--set", "epo
 STEPS_PER_EPOCH = 23
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process training on one thread: the two cores are shared with the CLIs these tests start, and
-    two OpenMP threads on a busy core are several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train_command(save_path: Path, *extra: str) -> list[str]:

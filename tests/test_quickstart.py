@@ -28,7 +28,7 @@ def test_quickstart_runs_the_chain_then_reuses_it(tmp_path):
     assert results["methods"]["featurenorm"]["photos"]["num_ood"] == 16
     selection = json.loads((tmp_path / "block_selection.json").read_text())
     # the three things it ends with: the NormRatio table, the OOD table, the plot paths
-    assert "NormRatio" in done.stdout and f"* " in done.stdout and selection["selected"]["name"] in done.stdout
+    assert "NormRatio" in done.stdout and "* " in done.stdout and selection["selected"]["name"] in done.stdout
     assert "| featurenorm |" in done.stdout and "| msp |" in done.stdout
     assert str(tmp_path / "norm_ratio_vs_auroc.png") in done.stdout and "(missing)" not in done.stdout
 

@@ -37,14 +37,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 IMAGE_EXTENSIONS = ".jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp, .gif"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process training on one thread: the two cores are shared with the CLIs these tests start, and
-    two OpenMP threads on a busy core are several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -420,8 +413,6 @@ def test_diverging_training_and_nan_scores_are_errors(trained_digits_run, tmp_pa
 
 def poison_after(calls: int, then_signal: int | None = None):
     """An SGD.step that fills the first parameter with NaN after ``calls`` steps (and optionally signals)."""
-    import signal
-
     original = torch.optim.SGD.step
     count = {"n": 0}
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from .datasets import Split, folder_samples
+from .datasets import Split
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
