@@ -175,6 +175,12 @@ def compare_with_paper(results: Mapping[str, Any], arch: str | None = None) -> P
         raise UserError("results name no arch; pass --arch (resnet18, wrn28_10 or vgg11)")
     paper = load_paper_results()
     _check_arch(arch, paper)
+    id_dataset = results.get("id_dataset")
+    if id_dataset and id_dataset != paper["id_dataset"]:
+        import warnings
+
+        warnings.warn(f"these results are for ID data '{id_dataset}', the paper's table for '{paper['id_dataset']}'; "
+                      "the numbers are not comparable", stacklevel=2)
     paper_table: Mapping[str, Mapping[str, Sequence[float]]] = paper["fpr95_auroc"][arch]
 
     comparison = PaperComparison(arch=arch)

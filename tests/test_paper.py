@@ -170,3 +170,20 @@ def test_format_comparison_md_and_text():
     assert text[-1] == comparison.block_line
     with pytest.raises(UserError, match="use text or md"):
         format_comparison(comparison, "html")
+
+
+def test_results_for_other_id_data_warn_that_they_are_not_comparable():
+    import warnings
+
+    from featurenorm.paper import compare_with_paper
+
+    results = {"id_dataset": "digits", "arch": "resnet18",
+               "methods": {"msp": {"svhn": {"fpr95": 0.5, "auroc": 0.9}, "average": {"fpr95": 0.5, "auroc": 0.9}}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        comparison = compare_with_paper(results)
+    assert any("not comparable" in str(w.message) for w in caught)
+    assert [(r.method, r.dataset) for r in comparison.rows][0] == ("msp", "svhn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare_with_paper({**results, "id_dataset": "cifar10"})  # no warning for CIFAR-10
