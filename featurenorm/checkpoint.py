@@ -142,4 +142,7 @@ def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.M
     model, _ = model_from_state(state, path)
     if cfg.num_classes is None:
         cfg.num_classes = state["num_classes"]
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if cfg.channels_last:  # the loaders hand over channels-last batches too
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -82,3 +82,16 @@ def test_norm_ratio_equals_a_direct_computation(run_dir, trained_digits_run):
         ratio = (id_norms[row["name"]].double() / puzzle_norms[row["name"]].double()).mean().item()
         assert row["norm_ratio"] == pytest.approx(ratio, rel=1e-5)
         assert row["id_norm_mean"] == pytest.approx(id_norms[row["name"]].mean().item(), rel=1e-5)
+
+
+def test_channels_last_gives_the_same_selection(run_dir, trained_digits_run):
+    from dataclasses import replace
+
+    from featurenorm.selection import run_selection
+
+    cfg = replace(trained_digits_run.cfg, save_path=str(run_dir))
+    plain = run_selection(cfg, num_samples=40, progress=False)
+    channels_last = run_selection(replace(cfg, channels_last=True), num_samples=40, progress=False)
+    assert channels_last["selected"] == plain["selected"]
+    for a, b in zip(plain["blocks"], channels_last["blocks"]):
+        assert b["norm_ratio"] == pytest.approx(a["norm_ratio"], rel=1e-5)
