@@ -25,7 +25,7 @@ from .errors import UserError
 from .features import FeatureTap
 from .methods import Outputs, build_method, method_names
 from .methods.blocknorm import blocknorm_logits
-from .metrics import average_metrics, ood_metrics
+from .metrics import METRIC_KEYS, average_metrics, ood_metrics
 from .models import block_names
 from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, init_distributed, progress_bar, shard, \
     shutdown_distributed
@@ -40,7 +40,7 @@ def uses_block(name: str) -> bool:
 
 
 def parse_methods(text: str | None) -> list[str]:
-    """``a,b,c`` or ``all`` (default) -> method names in the registry's order of the request."""
+    """``all`` (default) -> every method in table order; ``a,b,c`` -> those, in the order given, duplicates dropped."""
     valid = method_names()
     if not text or text == "all":
         return valid
@@ -402,7 +402,7 @@ def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores
         for set_name, result in ood_scores.items():
             metrics = ood_metrics(id_scores.scores[name].numpy(), result.scores[name].numpy())
             per_set[set_name] = {**metrics, "num_ood": int(result.scores[name].numel())}
-        per_set["average"] = average_metrics({k: {m: v[m] for m in ("fpr95", "auroc", "aupr_in", "aupr_out")}
+        per_set["average"] = average_metrics({k: {m: v[m] for m in METRIC_KEYS}
                                               for k, v in per_set.items()})
         methods[name] = per_set
     # without logits (FeatureNorm alone, early exit) there is no accuracy to report

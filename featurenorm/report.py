@@ -349,15 +349,16 @@ def _draw_norm_ratio_bars(ax, names: Sequence[str], ratios: np.ndarray, selected
 def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.PathLike, title: str = "") -> Path:
     """Bar chart of NormRatio per block, the selected block highlighted and annotated.
 
-    NormRatio = mean ||f_ID||_2 / mean ||f_jigsaw||_2 at a block, with f_jigsaw the features
-    of jigsaw-puzzle pseudo-OOD images (Yu et al., CVPR 2023); the block with the largest
-    ratio is selected. A dashed line marks 1.0.
+    NormRatio = (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)) at a block, the per-image ratio of the
+    FeatureNorm of an ID image to that of its own jigsaw puzzle, averaged (Yu et al., CVPR
+    2023; see :func:`featurenorm.selection.norm_ratio`); the block with the largest ratio is
+    selected. A dashed line marks 1.0.
 
     Args:
         rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio``.
         selected: ``{"index": int, "name": str}`` or None.
         path: PNG file to write.
-        title: figure title; a default names the criterion.
+        title: figure title; the default names the selected block.
 
     Returns:
         ``Path(path)``.

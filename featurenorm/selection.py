@@ -3,7 +3,9 @@
 The block whose FeatureNorm best separates ID training images from their own jigsaw puzzles
 is used for OOD scoring. Separation is measured by NormRatio, the mean over images of
 FN(x) / FN(jigsaw(x)); the AUROC of ID vs. puzzles is reported alongside as an alternative
-criterion. Pure functions: no file IO, no config parsing.
+criterion. The helpers are pure functions (no file IO, no config parsing); :func:`run_selection`,
+the select_block.py run, loads the checkpoint and the data and writes ``block_selection.json``
+and ``norm_ratio.png``.
 """
 from __future__ import annotations
 
