@@ -37,7 +37,8 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
             state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            IndexError, TypeError, AttributeError) as err:  # what torch's unpickler raises on foreign bytes
         raise _load_error(path, err) from None
     if not isinstance(state, dict) or not all(key in state for key in ("model", "config", "num_classes")):
         raise UserError(f"'{path}' is not a featurenorm checkpoint (no model/config/num_classes entries)")

@@ -128,6 +128,9 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
         if state.get("finished") and state["epoch"] >= cfg.epochs:
             raise UserError(f"the run in '{save_dir}' already finished {state['epoch']} epochs; raise epochs "
                             "(--set epochs=N) to train longer, or pass --overwrite to start over")
+        if state["epoch"] >= cfg.epochs:
+            raise UserError(f"the checkpoint in '{save_dir}' is at epoch {state['epoch']}, but epochs is {cfg.epochs}; "
+                            f"resume with epochs above {state['epoch']} or pass --overwrite to start over")
 
     train_split = load_split(cfg, train=True)
     test_split = load_split(cfg, train=False)

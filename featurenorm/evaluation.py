@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -36,7 +37,11 @@ FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "
 
 
 def uses_block(name: str) -> bool:
-    return name == "featurenorm" or name.endswith("_blocknorm")
+    """Whether a method reads the selected block's FeatureNorm (``block_norm``)."""
+    from .methods.base import METHODS
+
+    method = METHODS.get(name)
+    return name.endswith("_blocknorm") or (method is not None and "block_norm" in method.needs)
 
 
 def parse_methods(text: str | None) -> list[str]:
@@ -51,21 +56,33 @@ def parse_methods(text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def resolve_block(cfg: Config, block: str | None, model: nn.Module) -> dict[str, Any]:
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def resolve_block(cfg: Config, block: str | None, model: nn.Module, checkpoint: Path | None = None) -> dict[str, Any]:
     """The block to score: ``--block`` if given, else the one block_selection.json selected."""
     if block:
         if block not in dict(model.named_modules()):
             raise UserError(f"--block '{block}' is not a block of {cfg.arch}; valid: {', '.join(block_names(model))}")
-        names = block_names(model)
+        names = list(cfg.blocks or block_names(model))
         return {"name": block, "index": names.index(block) if block in names else None, "source": "--block"}
     path = cfg.save_dir / "block_selection.json"
     if not path.is_file():
         raise UserError(f"no block selected: '{path}' not found; run select_block.py --config ... first, "
                         "or pass --block NAME")
     try:
-        selected = json.loads(path.read_text())["selected"]
+        selection = json.loads(path.read_text())
+        selected = selection["selected"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"'{path}' is not a valid block selection; rerun select_block.py") from None
+    made_for = selection.get("checkpoint")
+    if checkpoint is not None and made_for and not _same_file(made_for, checkpoint):
+        warnings.warn(f"{path} was made for checkpoint '{made_for}', not '{checkpoint}'; rerun select_block.py "
+                      "for this checkpoint, or pass --block", stacklevel=2)
     if selected["name"] not in dict(model.named_modules()):
         raise UserError(f"'{path}' selects '{selected['name']}', which is not a block of {cfg.arch}; "
                         "rerun select_block.py for this checkpoint")
@@ -310,7 +327,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         model = load_for_config(cfg, path, device)
         amp = amp_dtype(cfg, device)
         show = progress and info.is_main
-        selected = resolve_block(cfg, block, model) if any(map(uses_block, names)) or all_blocks else None
+        selected = resolve_block(cfg, block, model, path) if any(map(uses_block, names)) or all_blocks else None
         built = {name: build_method(name, cfg) for name in names}
         id_kind, _ = resolve_id_dataset(cfg)
         sources, skipped = resolve_ood_sources(cfg, ood_specs, id_kind)
@@ -329,7 +346,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             print(f"skipping OOD set '{name}': {reason}", file=sys.stderr)
 
         fit_status = fit_methods(cfg, model, built, path, device, info, amp, progress)
-        tap_blocks = list(block_names(model)) if all_blocks else []
+        tap_blocks = list(cfg.blocks or block_names(model)) if all_blocks else []
         if selected and selected["name"] not in tap_blocks:
             tap_blocks.append(selected["name"])
         # only FeatureNorm asked for: the forward pass stops after the last tapped block

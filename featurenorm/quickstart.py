@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import Config, load_config
-from .data.synthetic import write_synthetic_ood
+from .data.synthetic import MANIFEST, write_synthetic_ood
 
 
 def _newer(output: Path, source: Path) -> bool:
@@ -61,7 +61,8 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
     folders = write_synthetic_ood(ood_root, cfg.image_size, ood_count, seed=0)
     specs = [f"{name}={path}" for name, path in folders.items()]
     results_path = save_dir / "ood_results.json"
-    if _newer(results_path, selection_path) and not fresh:
+    manifests = [folder / MANIFEST for folder in folders.values()]
+    if _newer(results_path, selection_path) and all(_newer(results_path, m) for m in manifests) and not fresh:
         results = json.loads(results_path.read_text())
         print(f"reusing {results_path}")
     else:

@@ -268,6 +268,8 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
     if grid < 1:
         raise UserError(f"--grid must be at least 1, got {grid}")
+    if num_samples is not None and num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {num_samples}")
     info, device = init_distributed(cfg)
     try:
         path = default_checkpoint(cfg, checkpoint)

@@ -37,5 +37,11 @@ def test_quickstart_runs_the_chain_then_reuses_it(tmp_path):
     assert again.stdout.count("reusing") == 3
     assert json.loads((tmp_path / "ood_results.json").read_text()) == results
 
+    # other OOD sets: training and selection are reused, the evaluation is redone
+    changed = quickstart(tmp_path, "--ood-count", "12")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert changed.stdout.count("reusing") == 2
+    assert json.loads((tmp_path / "ood_results.json").read_text())["methods"]["msp"]["photos"]["num_ood"] == 12
+
     fresh = quickstart(tmp_path, "--fresh")
     assert fresh.returncode == 0 and "reusing" not in fresh.stdout
