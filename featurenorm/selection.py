@@ -16,9 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
-from .data.jigsaw import jigsaw
 from .errors import UserError
 from .features import FeatureTap
 
@@ -84,11 +82,12 @@ def _model_device(model: nn.Module) -> torch.device:
 def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequence[str], grid: int = 3,
                         generator: torch.Generator | None = None, device: torch.device | str | None = None,
                         progress: bool = True) -> BlockNorms:
-    """FeatureNorm of every block for ID images and their jigsaw puzzles.
+    """FeatureNorm of every block for ID images and their jigsaw puzzles, drawn batch by batch.
 
     Each batch goes through ONE forward pass over ``cat([x, jigsaw(x)])`` that stops after the
-    last block, under inference mode. The model is switched to eval mode for the pass (so
-    BatchNorm does not mix ID images with puzzles) and restored afterwards.
+    last block, under inference mode (see :func:`collect_paired_norms`, which this feeds). The
+    model is put in eval mode for the pass (so BatchNorm does not mix ID images with puzzles)
+    and its mode is restored afterwards.
 
     Args:
         model: the trained network.
@@ -103,32 +102,21 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
     Returns:
         BlockNorms with (N,) float32 CPU tensors, N the number of images seen.
     """
+    from .data.jigsaw import sample_permutations
+
     device = torch.device(device) if device is not None else _model_device(model)
-    id_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
-    jigsaw_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
-    shapes: dict[str, tuple[int, ...]] = {}
+
+    def paired() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in batches:
+            images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
+            height, width = images.shape[-2:]
+            yield images, sample_permutations(images.shape[0], height, width, grid, generator)
+
     was_training = model.training
-    model.eval()
     try:
-        with torch.inference_mode(), FeatureTap(model, blocks, stop_after_last=True) as tap:
-            for batch in tqdm(batches, desc="block norms", disable=not progress, leave=False):
-                images = batch[0] if isinstance(batch, (tuple, list)) else batch
-                images = images.to(device)
-                size = images.shape[0]
-                puzzles = jigsaw(images, grid, generator)
-                tap.run(model, torch.cat([images, puzzles]))
-                for name in tap.blocks:
-                    values = tap.values[name].float().cpu()
-                    id_parts[name].append(values[:size])
-                    jigsaw_parts[name].append(values[size:])
-                shapes.update(tap.shapes)
+        return collect_paired_norms(model, paired(), blocks, grid, progress=progress)
     finally:
         model.train(was_training)
-    if not shapes:
-        raise UserError("block selection got no images; check the selection data set and its split")
-    return BlockNorms(id={name: torch.cat(parts) for name, parts in id_parts.items()},
-                      jigsaw={name: torch.cat(parts) for name, parts in jigsaw_parts.items()},
-                      shapes={name: shapes[name] for name in blocks})
 
 
 def summarize_blocks(norms: BlockNorms, blocks: Sequence[str]) -> list[dict[str, Any]]:
