@@ -6,11 +6,10 @@ python eval_ood.py --config CONF [--checkpoint PATH] [--methods a,b,...] [--bloc
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from featurenorm.config import load_config
-from featurenorm.errors import run_cli
+from featurenorm.errors import add_common_arguments, is_main_process, run_cli
 from featurenorm.evaluation import run_evaluation
 from featurenorm.methods import method_names
 from featurenorm.report import summary_text
@@ -18,7 +17,7 @@ from featurenorm.report import summary_text
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="OOD evaluation: FPR95, AUROC, AUPR-In/Out for each method and OOD set.")
-    parser.add_argument("--config", required=True, help="JSON config file (see conf/)")
+    add_common_arguments(parser)
     parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt)")
     parser.add_argument("--methods", default="all", help=f"comma-separated, or all (default): {','.join(method_names())}")
     parser.add_argument("--block", help="score FeatureNorm at this block instead of block_selection.json's")
@@ -26,14 +25,11 @@ def main(argv: list[str]) -> int:
                         help="an extra OOD folder of images (repeatable); a missing path is an error")
     parser.add_argument("--save-scores", action="store_true", help="also write per-image scores to scores.npz")
     parser.add_argument("--all-blocks", action="store_true", help="also evaluate FeatureNorm at every block")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     results = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,
                              args.all_blocks, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(summary_text(results))
         print("wrote: " + ", ".join(results.get("_written", [])))
     return 0

@@ -9,27 +9,24 @@ import argparse
 import sys
 
 from featurenorm.config import load_config
-from featurenorm.errors import run_cli
+from featurenorm.errors import add_common_arguments, is_main_process, run_cli
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="NormRatio block selection with jigsaw pseudo-OOD images.")
-    parser.add_argument("--config", required=True, help="JSON config file (see conf/)")
+    add_common_arguments(parser)
     parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt)")
     parser.add_argument("--num-samples", type=int, help="use a seeded subsample of N ID training images (default: all)")
     parser.add_argument("--grid", type=int, help="jigsaw grid size (default: config jigsaw_grid, 3)")
     parser.add_argument("--seed", type=int, help="seed of the subsample and the puzzles (default: config seed)")
     parser.add_argument("--criterion", choices=["norm_ratio", "auroc"], help="selection criterion (default: norm_ratio)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     from featurenorm.selection import format_block_table, run_selection  # imports torch: after the config check
 
     result = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
                            progress=not args.no_progress)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(format_block_table(result["blocks"], result["selected"]))
         print(f"selected block: {result['selected']['name']} (criterion {result['criterion']}); "
               f"wrote {cfg.save_dir / 'block_selection.json'} and {cfg.save_dir / 'norm_ratio.png'}")

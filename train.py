@@ -5,18 +5,14 @@ import argparse
 import sys
 
 from featurenorm.config import load_config
-from featurenorm.errors import run_cli
+from featurenorm.errors import add_common_arguments, run_cli
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Train a CIFAR-style classifier for FeatureNorm OOD detection.")
-    parser.add_argument("--config", required=True, help="JSON config file (see conf/)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key; the value is parsed as JSON when it parses (repeatable)")
+    add_common_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <save_path>/last.pt")
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     from featurenorm.engine import StopRequested, train  # imports torch: after the config is known to be good

@@ -219,9 +219,7 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
                     bar.set_postfix(loss=f"{losses[step].item():.3f}", acc=f"{(correct / seen).item():.3f}",
                                     img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}")
                 bar.update(1)
-                if info.enabled:
-                    _agree_on_stop(stop, device)  # every rank stops at the same step, or one would hang
-                if stop.signum is not None:
+                if _stop_now(stop, info, device, step % STOP_CHECK_EVERY == 0 or step == steps_per_epoch - 1):
                     bar.close()
                     _check_finite(losses, first, step, epoch, last_path)  # never save diverged weights over good ones
                     checkpoint(epoch, step + 1, metrics, False, partial={
@@ -249,7 +247,7 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
                     tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
                                f"train {metrics['train_acc']:.4f}  test {test_acc:.4f}  {seconds:.1f}s")
             checkpoint(epoch + 1, 0, metrics, epoch + 1 == cfg.epochs)
-            if stop.signum is not None and epoch + 1 < cfg.epochs:  # after the last epoch: simply done
+            if _stop_now(stop, info, device, True) and epoch + 1 < cfg.epochs:  # after the last epoch: simply done
                 raise StopRequested(stop.signum)
     return metrics
 
@@ -270,12 +268,26 @@ def _reduce_train_stats(losses: torch.Tensor, correct: torch.Tensor, seen: int,
     return losses / world_size, counts[0], int(counts[1])
 
 
-def _agree_on_stop(stop: "_SignalFlag", device: torch.device) -> None:
-    """A signal seen by any rank stops all of them after this step (the highest signal number wins)."""
+STOP_CHECK_EVERY = 10  # steps between the ranks' agreements on a stop signal under torchrun
+
+
+def _stop_now(stop: "_SignalFlag", info: Dist, device: torch.device, checkpoint_step: bool) -> bool:
+    """Whether to stop after this step.
+
+    A plain run stops at the step where its signal arrived. Under torchrun every rank must stop
+    at the same step or one would wait forever in the next all-reduce, so the ranks agree (the
+    highest signal number wins) at every ``STOP_CHECK_EVERY``-th step and at epoch ends only:
+    agreeing costs a host sync, too much for every GPU step.
+    """
+    if not info.enabled:
+        return stop.signum is not None
+    if not checkpoint_step:
+        return False
     flag = torch.tensor([stop.signum or 0], device=device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     if int(flag.item()):
         stop.signum = int(flag.item())
+    return stop.signum is not None
 
 
 def _epoch_lr(cfg: Config, epoch: int) -> float:

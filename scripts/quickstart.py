@@ -7,18 +7,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from featurenorm.errors import run_cli  # noqa: E402
+from featurenorm.errors import add_common_arguments, run_cli  # noqa: E402
 from featurenorm.quickstart import run_quickstart  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Train on digits, select the block, evaluate on synthetic OOD sets.")
-    parser.add_argument("--config", default="conf/digits.json", help="config (default: conf/digits.json)")
+    add_common_arguments(parser, config_default="conf/digits.json")
     parser.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
     parser.add_argument("--ood-count", type=int, default=200, help="images per synthetic OOD set (default 200)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     run_quickstart(args.config, args.set, args.fresh, args.ood_count, progress=not args.no_progress)
     return 0
