@@ -23,6 +23,11 @@ _EXPORTS = {
     "block_feature_norms": "featurenorm.features",
     "FeatureTap": "featurenorm.features",
     "jigsaw": "featurenorm.data.jigsaw",
+    "candidate_blocks": "featurenorm.models.blocks",
+    "select_block": "featurenorm.selection",
+    "BlockSelection": "featurenorm.selection",
+    "FeatureNormDetector": "featurenorm.detector",
+    "evaluate": "featurenorm.evaluation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -30,19 +30,101 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely; every failure is a one-line :class:`UserError`."""
     path = Path(path)
+    state = _torch_load(path, device)
+    if not is_featurenorm_checkpoint(state):
+        raise UserError(f"'{path}' is not a featurenorm checkpoint (no model/config/num_classes entries)")
+    return state
+
+
+def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' not found; train first (python train.py --config ...) "
                         "or pass --checkpoint PATH")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols of foreign files
-            state = torch.load(path, map_location=device, weights_only=True)
+            return torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             IndexError, TypeError, AttributeError) as err:  # what torch's unpickler raises on foreign bytes
         raise _load_error(path, err) from None
-    if not isinstance(state, dict) or not all(key in state for key in ("model", "config", "num_classes")):
-        raise UserError(f"'{path}' is not a featurenorm checkpoint (no model/config/num_classes entries)")
-    return state
+
+
+def is_featurenorm_checkpoint(state: Any) -> bool:
+    return isinstance(state, dict) and all(key in state for key in ("model", "config", "num_classes"))
+
+
+# Where other code bases keep the weights inside a checkpoint dict, and the prefixes their wrappers add.
+STATE_DICT_KEYS = ("state_dict", "model", "net")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+# Names other code bases give the final linear layer that featurenorm's models call ``head``.
+HEAD_ALIASES = ("fc", "linear", "classifier")
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def foreign_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The weights in a checkpoint written elsewhere, wrapper prefixes removed; None if none is found.
+
+    Accepts a plain state_dict or a dict holding one under ``state_dict``, ``model`` or ``net``.
+    """
+    if not _is_state_dict(obj):
+        inner = [obj[key] for key in STATE_DICT_KEYS if isinstance(obj, dict) and _is_state_dict(obj.get(key))]
+        if not inner:
+            return None
+        obj = inner[0]
+    cleaned = {}
+    for key, value in obj.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        cleaned[key] = value
+    return cleaned
+
+
+def _rename_head(weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map another code base's classifier name (``fc``, ...) onto ``head`` when the model calls it so."""
+    expected = model.state_dict()
+    if "head.weight" not in expected or "head.weight" in weights:
+        return weights
+    for alias in HEAD_ALIASES:
+        if f"{alias}.weight" in weights and f"{alias}.weight" not in expected:
+            return {(f"head.{k[len(alias) + 1:]}" if k.startswith(f"{alias}.") else k): v for k, v in weights.items()}
+    return weights
+
+
+def load_foreign_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``weights`` into ``model`` strictly; a mismatch is one line naming the first missing/unexpected keys."""
+    weights = _rename_head(weights, model)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), first '{missing[0]}'")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), first '{unexpected[0]}'")
+        raise UserError(f"checkpoint '{path}' does not fit {type(model).__name__}: {'; '.join(parts)}; check the "
+                        "config's arch, width and num_classes")
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
+    if wrong:
+        raise UserError(f"checkpoint '{path}' does not fit {type(model).__name__}: {len(wrong)} tensor(s) of another "
+                        f"shape, first '{wrong[0]}' {tuple(weights[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)};"
+                        " check the config's arch, width and num_classes")
+    model.load_state_dict(weights)
+
+
+def _head_classes(weights: dict[str, torch.Tensor]) -> int | None:
+    for name in ("head",) + HEAD_ALIASES:
+        weight = weights.get(f"{name}.weight")
+        if weight is not None and weight.dim() == 2:
+            return int(weight.shape[0])
+    return None
 
 
 def _load_error(path: Path, err: Exception) -> UserError:
@@ -113,11 +195,22 @@ def model_from_state(state: dict[str, Any], path: str | Path = "checkpoint") -> 
     return model, cfg
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
-    """Load a trained model and its resolved config; the model comes back in eval mode on ``device``."""
-    state = read_checkpoint(path, device)
-    model, cfg = model_from_state(state, path)
-    return model.to(device).eval(), cfg
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
+                    cfg: Config | None = None) -> tuple[nn.Module, Config]:
+    """Load a trained model and its config; the model comes back in eval mode on ``device``.
+
+    A featurenorm checkpoint carries its config. A checkpoint from elsewhere (see :func:`load_for_config`)
+    needs ``cfg`` for its architecture.
+    """
+    path = Path(path)
+    state = _torch_load(path, "cpu")
+    if is_featurenorm_checkpoint(state):
+        model, saved = model_from_state(state, path)
+        return model.to(device).eval(), saved
+    if cfg is None:
+        raise UserError(f"'{path}' is not a featurenorm checkpoint; pass cfg= (a Config naming its arch) to load "
+                        "its weights")
+    return load_for_config(cfg, path, torch.device(device)), cfg
 
 
 def check_compatible(state: dict[str, Any], cfg: Config, path: str | Path) -> None:
@@ -137,12 +230,30 @@ def default_checkpoint(cfg: Config, path: str | Path | None) -> Path:
 
 
 def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.Module:
-    """Load the checkpoint a config's run made, checking that the two agree; eval mode, on ``device``."""
-    state = read_checkpoint(path, "cpu")
-    check_compatible(state, cfg, path)
-    model, _ = model_from_state(state, path)
-    if cfg.num_classes is None:
-        cfg.num_classes = state["num_classes"]
+    """The config's model with the checkpoint's weights; eval mode, on ``device``.
+
+    A featurenorm checkpoint must agree with the config (arch, width, classes). A checkpoint from
+    elsewhere (a plain state_dict, one under ``state_dict``/``model``/``net``, DDP or torch.compile
+    prefixes, OpenOOD's ``fc`` head) is loaded into ``cfg.arch`` built from the config.
+    """
+    path = Path(path)
+    state = _torch_load(path)
+    if is_featurenorm_checkpoint(state):
+        check_compatible(state, cfg, path)
+        model, _ = model_from_state(state, path)
+        if cfg.num_classes is None:
+            cfg.num_classes = state["num_classes"]
+    else:
+        weights = foreign_state_dict(state)
+        if weights is None:
+            raise UserError(f"'{path}' holds neither a featurenorm checkpoint nor a state_dict (looked under "
+                            f"{', '.join(STATE_DICT_KEYS)}); pass a checkpoint of the configured arch")
+        if cfg.num_classes is None:
+            cfg.num_classes = _head_classes(weights)
+        if cfg.num_classes is None:
+            raise UserError(f"cannot tell the class count of '{path}'; set num_classes in the config")
+        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width)
+        load_foreign_weights(model, weights, path)
     model = model.to(device).eval()
     if cfg.channels_last:  # the loaders hand over channels-last batches too
         model = model.to(memory_format=torch.channels_last)

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,7 +57,7 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    milestones: list[int] = field(default_factory=lambda: [50, 75, 90])
+    milestones: list[int] | None = None  # None: at 50%, 75% and 90% of epochs ([50, 75, 90] for 100)
     gamma: float = 0.1
     seed: int = 0
     # --- execution
@@ -116,6 +117,15 @@ CHOICES = {
     "amp": ("auto", "bf16", "fp16", "fp32"),
     "criterion": ("norm_ratio", "auroc"),
 }
+
+
+# The default learning-rate schedule, as fractions of the run: the paper's [50, 75, 90] of 100 epochs.
+MILESTONE_FRACTIONS = (0.5, 0.75, 0.9)
+
+
+def default_milestones(epochs: int) -> list[int]:
+    """The paper's schedule scaled to ``epochs``: ``[50, 75, 90]`` for 100, ``[5, 8, 9]`` for 10."""
+    return [max(1, round(fraction * epochs)) for fraction in MILESTONE_FRACTIONS]
 
 
 def _valid_keys() -> list[str]:
@@ -222,6 +232,8 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: missing required key '{missing[0]}' (add it to the config file or pass --set {missing[0]}=...)")
     cfg = Config(**values)
     validate(cfg, source)
+    if cfg.milestones is None:
+        cfg.milestones = default_milestones(cfg.epochs)
     return cfg
 
 
@@ -249,11 +261,15 @@ def validate(cfg: Config, source: str = "config") -> None:
         bad("gamma", f"must be in (0, 1], got {cfg.gamma}")
     if cfg.num_workers < 0:
         bad("num_workers", f"must not be negative, got {cfg.num_workers}")
-    for m in cfg.milestones:
-        if not 0 < m <= cfg.epochs:
-            bad("milestones", f"has {m}, outside 1..epochs ({cfg.epochs}); lower it or raise epochs")
-    if sorted(cfg.milestones) != cfg.milestones:
-        bad("milestones", f"must be increasing, got {cfg.milestones}")
+    if cfg.milestones is not None:
+        if any(m < 1 for m in cfg.milestones):
+            bad("milestones", f"must be at least 1, got {cfg.milestones}")
+        if sorted(cfg.milestones) != cfg.milestones:
+            bad("milestones", f"must be increasing, got {cfg.milestones}")
+        late = [m for m in cfg.milestones if m > cfg.epochs]
+        if late:  # a shortened run keeps its file: warn, never fail
+            warnings.warn(f"{source}: milestone(s) {late} lie beyond the last epoch ({cfg.epochs}) and never fire; "
+                          "lower them or leave 'milestones' out to scale the schedule with 'epochs'", stacklevel=3)
     for key in ("react_percentile", "dice_sparsity", "ash_percentile"):
         if not 0 <= getattr(cfg, key) < 100:
             bad(key, f"must be in [0, 100), got {getattr(cfg, key)}")
@@ -273,7 +289,11 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found; pass an existing file, e.g. --config conf/digits.json")
     try:
-        raw = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (an editor may have saved it as UTF-16); save it as UTF-8") from None
+    try:
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if not isinstance(raw, dict):
@@ -289,8 +309,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), base: di
     for text in overrides:
         key, value = parse_override(text)
         _field_name(key)  # unknown override keys fail here, with a suggestion
-        # an override replaces any spelling of the same key
+        # an override replaces any spelling of the same key; key=null resets it to its default
         for k in [k for k in raw if ALIASES.get(k, k) == ALIASES.get(key, key)]:
             del raw[k]
-        raw[key] = value
+        if value is not None:
+            raw[key] = value
     return from_dict(raw, source=str(path) if path is not None else "config")

@@ -13,7 +13,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,10 +24,10 @@ from .config import Config
 from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
 from .features import FeatureTap
-from .methods import Outputs, build_method, method_names
-from .methods.blocknorm import blocknorm_logits
+from .methods import METHODS, ModelParts, Outputs, build_method, method_names
 from .metrics import METRIC_KEYS, average_metrics, ood_metrics
-from .models import block_names
+from .models.blocks import candidate_blocks
+from .selection import model_device, select_block
 from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, init_distributed, progress_bar, shard, \
     shutdown_distributed
 
@@ -36,12 +36,13 @@ CONVENTION = "ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance
 FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes")
 
 
-def uses_block(name: str) -> bool:
-    """Whether a method reads the selected block's FeatureNorm (``block_norm``)."""
+def uses_block(method: Any) -> bool:
+    """Whether a method (a name, class or instance) reads the selected block's FeatureNorm: its class says so
+    by listing ``block_norm`` in ``needs``."""
     from .methods.base import METHODS
 
-    method = METHODS.get(name)
-    return name.endswith("_blocknorm") or (method is not None and "block_norm" in method.needs)
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    return cls is not None and "block_norm" in cls.needs
 
 
 def parse_methods(text: str | None) -> list[str]:
@@ -67,8 +68,8 @@ def resolve_block(cfg: Config, block: str | None, model: nn.Module, checkpoint: 
     """The block to score: ``--block`` if given, else the one block_selection.json selected."""
     if block:
         if block not in dict(model.named_modules()):
-            raise UserError(f"--block '{block}' is not a block of {cfg.arch}; valid: {', '.join(block_names(model))}")
-        names = list(cfg.blocks or block_names(model))
+            raise UserError(f"--block '{block}' is not a block of {cfg.arch}; valid: {', '.join(candidate_blocks(model))}")
+        names = list(cfg.blocks or candidate_blocks(model))
         return {"name": block, "index": names.index(block) if block in names else None, "source": "--block"}
     path = cfg.save_dir / "block_selection.json"
     if not path.is_file():
@@ -92,7 +93,10 @@ def resolve_block(cfg: Config, block: str | None, model: nn.Module, checkpoint: 
 # ------------------------------------------------------------------------------------ the scoring pass
 @dataclass
 class Scorer:
-    """Everything one batch needs: the model, the methods and which blocks to tap."""
+    """Everything one batch needs: the model, the methods and which blocks to tap.
+
+    ``forward_features``/``head`` default to :func:`featurenorm.models.blocks.classifier_parts` of the model.
+    """
 
     model: nn.Module
     methods: dict[str, Any]
@@ -100,22 +104,30 @@ class Scorer:
     tap_blocks: list[str]
     amp: torch.dtype | None
     need_logits: bool = True
+    forward_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    head: nn.Linear | None = None
+
+    def __post_init__(self) -> None:
+        if self.forward_features is None or self.head is None:
+            from .models.blocks import classifier_parts
+
+            self.forward_features, self.head = classifier_parts(self.model)
 
     @property
-    def head(self) -> nn.Linear:
-        return self.model.head
+    def parts(self) -> ModelParts:
+        return ModelParts(self.model, self.forward_features, self.head, self.block)
 
     def forward(self, images: torch.Tensor) -> tuple[Outputs, dict[str, torch.Tensor]]:
         """One forward pass: (Outputs, {block: (B,) FeatureNorm}) under inference mode."""
         with torch.inference_mode():
             if not self.tap_blocks:
                 with autocast(self.amp, images.device):
-                    features = self.model.forward_features(images)
+                    features = self.forward_features(images)
                 features = features.float()
                 return Outputs(features=features, logits=self.head(features)), {}
             with FeatureTap(self.model, self.tap_blocks, stop_after_last=not self.need_logits) as tap:
                 with autocast(self.amp, images.device):
-                    features = tap.run(self.model.forward_features, images)
+                    features = tap.run(self.forward_features, images)
                 norms = {name: value.float() for name, value in tap.values.items()}
             if features is None:  # early exit: only FeatureNorm was asked for
                 return Outputs(block_norm=norms[self.block]), norms
@@ -137,21 +149,13 @@ class Scorer:
         return scores, norms, out.logits
 
     def input_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Scores of the methods that perturb the input (ODIN and its block-norm variant)."""
+        """Scores of the methods that perturb their input, each through the logits it defines."""
         scores = {}
+        parts = self.parts
         for name, method in self.methods.items():
-            if not method.needs_input:
-                continue
-            if name == "odin_blocknorm":
-                def logits_fn(x: torch.Tensor) -> torch.Tensor:
-                    with FeatureTap(self.model, [self.block]) as tap:
-                        features = tap.run(self.model.forward_features, x)
-                        return blocknorm_logits(features.float(), tap.values[self.block].float(), self.head)
-            else:
-                def logits_fn(x: torch.Tensor) -> torch.Tensor:
-                    return self.model(x).float()
-            with torch.enable_grad():
-                scores[name] = method.score_images(logits_fn, images).detach().float().cpu()
+            if method.needs_input:
+                with torch.enable_grad():
+                    scores[name] = method.score_images(method.input_logits(parts), images).detach().float().cpu()
         return scores
 
 
@@ -159,26 +163,41 @@ class Scorer:
 class DatasetScores:
     scores: dict[str, torch.Tensor] = field(default_factory=dict)       # method -> (N,)
     block_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # block -> (N,)
-    correct: int = 0
-    count: int = 0
+    correct: int = 0   # correct predictions among the labelled images
+    labelled: int = 0  # images with a class label (>= 0)
+    count: int = 0     # images scored
     unreadable: list[str] = field(default_factory=list)
 
 
-def score_dataset(scorer: Scorer, batches: Iterable, total: int | None, desc: str, info: Dist, n_full: int | None,
-                  progress: bool, with_labels: bool) -> DatasetScores:
-    """Run the one-pass methods, then the input-gradient methods, over one data set; gather shards.
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``images`` or ``(images, labels, ...)`` -> ``(images, labels or None)``."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], (batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None)
+    return batch, None
 
-    ``n_full``: the data set's size when the shards are strided (``runtime.shard``), so that the
-    gathered scores come back in single-process order; None concatenates the shards in rank order.
+
+def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) -> DatasetScores:
+    """Run the one-pass methods, then the input-gradient methods, over one data set.
+
+    ``batches`` yields images or ``(images, labels, ...)``; they are moved to the model's device.
+    Labels, where given and >= 0, count toward the accuracy. A loader with a ``gather(values)`` method
+    (a torchrun shard) puts each rank's per-image values back in data-set order, and its ``unreadable``
+    list names the files it skipped.
     """
+    from .selection import model_device
+
+    device = model_device(scorer.model)
     parts: dict[str, list[torch.Tensor]] = {}
     norm_parts: dict[str, list[torch.Tensor]] = {}
     hits: list[torch.Tensor] = []  # correct predictions per batch, summed once at the end (no per-batch sync)
+    labelled: list[torch.Tensor] = []
     count = 0
     has_input = any(m.needs_input for m in scorer.methods.values())
-    bar = progress_bar(total=total, desc=desc, leave=False, disable=not progress)
+    bar = progress_bar(total=len(batches) if hasattr(batches, "__len__") else None, desc=desc, leave=False,
+                       disable=not progress)
     for batch in batches:
-        images, labels = (batch if with_labels else (batch, None))
+        images, labels = split_batch(batch)
+        images = images.to(device, non_blocking=True)
         scores, norms, logits = scorer.score_batch(images)
         if has_input:
             scores.update(scorer.input_scores(images))
@@ -187,25 +206,169 @@ def score_dataset(scorer: Scorer, batches: Iterable, total: int | None, desc: st
         for name, value in norms.items():
             norm_parts.setdefault(name, []).append(value)
         if labels is not None and logits is not None:
-            hits.append((logits.argmax(1) == labels.to(logits.device)).sum())
+            labels = labels.to(logits.device)
+            known = labels >= 0
+            hits.append((logits.argmax(1)[known] == labels[known]).sum())
+            labelled.append(known.sum())
         count += images.shape[0]
         bar.update(1)
     bar.close()
-    correct = int(torch.stack(hits).sum()) if hits else 0
-    result = DatasetScores(correct=correct, count=count)
-
-    def gather(values: list[torch.Tensor]) -> torch.Tensor:
-        if n_full is None:  # shards of unknown size (unreadable files dropped): concatenate in rank order
-            return gather_concat(torch.cat(values).cpu(), info)
-        return gather_sharded(torch.cat(values).cpu(), n_full, info)
-
-    result.scores = {k: gather(v) for k, v in parts.items()}
-    result.block_norms = {k: gather(v) for k, v in norm_parts.items()}
-    if info.enabled:
-        both = torch.tensor([correct, count], dtype=torch.long)
-        torch.distributed.all_reduce(both)
-        result.correct, result.count = int(both[0]), int(both[1])
+    gather = getattr(batches, "gather", None) or (lambda values: values)
+    result = DatasetScores(correct=int(torch.stack(hits).sum()) if hits else 0,
+                           labelled=int(torch.stack(labelled).sum()) if labelled else 0, count=count)
+    result.scores = {k: gather(torch.cat(v).cpu()) for k, v in parts.items()}
+    result.block_norms = {k: gather(torch.cat(v).cpu()) for k, v in norm_parts.items()}
+    result.unreadable = list(getattr(batches, "unreadable", []))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        totals = torch.tensor([result.correct, result.labelled, result.count], dtype=torch.long)
+        torch.distributed.all_reduce(totals)
+        result.correct, result.labelled, result.count = (int(v) for v in totals)
     return result
+
+
+def collect_features(forward_features: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, device: torch.device,
+                     amp: torch.dtype | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features (N, D) and labels (N,) of a labelled loader (e.g. the ID training set)."""
+    feats, labels = [], []
+    bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc="fit: ID-train features",
+                       leave=False, disable=not progress)
+    with torch.inference_mode():
+        for batch in loader:
+            images, y = split_batch(batch)
+            if y is None:
+                raise ValueError("the fit loader must yield (images, labels) batches: the fitted methods need labels")
+            images = images.to(device, non_blocking=True)
+            with autocast(amp, device):
+                f = forward_features(images)
+            feats.append(f.float().cpu())
+            labels.append(y.cpu())
+            bar.update(1)
+    bar.close()
+    if not feats:
+        raise ValueError("the fit loader yielded no images")
+    gather = getattr(loader, "gather", None) or (lambda values: values)
+    return gather(torch.cat(feats)), gather(torch.cat(labels))
+
+
+# ------------------------------------------------------------------------------------ the Python API
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_scores` returns: the ``ood_results.json`` dict and the per-image scores behind it."""
+
+    results: dict[str, Any]
+    id_scores: DatasetScores
+    ood_scores: dict[str, DatasetScores]
+    with_logits: bool = True
+    written: list[Path] = field(default_factory=list)
+
+
+def _build_methods(methods: Sequence[Any], cfg: Config | None) -> dict[str, Any]:
+    """Names are built with the hyperparameters of ``cfg`` (the defaults when None); instances are kept."""
+    from .methods.base import Method
+
+    cfg = cfg or Config()
+    built = {}
+    for method in methods:
+        if isinstance(method, Method):
+            built[method.name] = method
+        elif isinstance(method, str):
+            if method not in METHODS:
+                raise ValueError(f"unknown method '{method}'; valid: {', '.join(method_names())}")
+            built[method] = build_method(method, cfg)
+        else:
+            raise TypeError(f"methods holds names or Method instances, got {type(method).__name__}")
+    if not built:
+        raise ValueError("no methods to evaluate")
+    return built
+
+
+def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],
+                    methods: Sequence[Any] = ("featurenorm",), *, block: str | None = None,
+                    fit_loader: Iterable | None = None, all_blocks: bool = False, blocks: Sequence[str] | None = None,
+                    amp: torch.dtype | None = None, cfg: Config | None = None, fitted: Mapping[str, str] | None = None,
+                    progress: bool = False) -> Evaluation:
+    """:func:`evaluate`, also returning the per-image scores (ID and each OOD set) behind the metrics.
+
+    Args (beyond :func:`evaluate`'s):
+        blocks: the candidate blocks for ``all_blocks`` (default :func:`featurenorm.candidate_blocks`).
+        amp: autocast dtype for the forward passes (None: full precision).
+        cfg: hyperparameters of the methods given by name (default: the config defaults).
+        fitted: ``{method: how}`` for method instances already fitted (e.g. ``"cached"``); not refitted.
+    """
+    fitted = dict(fitted or {})
+    from .models.blocks import classifier_parts
+
+    built = _build_methods(methods, cfg)
+    names = list(built)
+    needs_block = any(uses_block(type(m)) for m in built.values())
+    if (needs_block or all_blocks) and block is None:
+        if fit_loader is None:
+            raise ValueError("a method reads the block norm: pass block=..., or fit_loader= to select one")
+        block = select_block(model, fit_loader).block
+    candidates = list(blocks) if blocks is not None else (candidate_blocks(model) if all_blocks else [])
+    tap_blocks = candidates + ([block] if block and block not in candidates else [])
+    was_training = model.training
+    model.eval()
+    try:
+        forward_features, head = classifier_parts(model)
+        fit_status = {n: fitted[n] for n in built if n in fitted}
+        unfitted = {n: m for n, m in built.items() if m.fits and n not in fitted}
+        if unfitted:
+            if fit_loader is None:
+                raise ValueError(f"method(s) {', '.join(unfitted)} need ID-train statistics: pass fit_loader=")
+            features, labels = collect_features(forward_features, fit_loader, model_device(model), amp, progress)
+            for name, method in unfitted.items():
+                method.fit(features, labels, head)
+                fit_status[name] = "fitted"
+        # only FeatureNorm asked for: the forward pass stops after the last tapped block
+        need_logits = any(not uses_block(type(m)) or m.needs - {"block_norm"} or m.needs_input
+                          for m in built.values())
+        scorer = Scorer(model, built, block, tap_blocks, amp, need_logits=need_logits,
+                        forward_features=forward_features, head=head)
+        id_scores = score_dataset(scorer, id_loader, "ID test", progress)
+        _check_finite(id_scores, "the ID test set")
+        ood_scores: dict[str, DatasetScores] = {}
+        for set_name, loader in ood_loaders.items():
+            result = score_dataset(scorer, loader, set_name, progress)
+            if result.count:
+                _check_finite(result, f"OOD set '{set_name}'")
+            ood_scores[set_name] = result
+    finally:
+        model.train(was_training)
+    selected = {"name": block, "index": candidates.index(block) if block in candidates else None} if block else None
+    results = assemble_results(ResultsMeta(arch=type(model).__name__, block=selected,
+                                           hyperparameters={n: m.hparams() for n, m in built.items() if m.hparams()},
+                                           fit=fit_status),
+                               names, id_scores, {k: v for k, v in ood_scores.items() if v.count},
+                               with_logits=need_logits, all_blocks=all_blocks)
+    return Evaluation(results, id_scores, ood_scores, with_logits=need_logits)
+
+
+def evaluate(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],
+             methods: Sequence[Any] = ("featurenorm",), *, block: str | None = None, fit_loader: Iterable | None = None,
+             all_blocks: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Score ID and OOD images with every method and return the metrics in the ``ood_results.json`` schema.
+
+    Example::
+
+        results = evaluate(model, id_test_loader, {"svhn": svhn_loader}, ["featurenorm", "msp", "knn"],
+                           block="layer4.0", fit_loader=train_loader)
+        results["methods"]["featurenorm"]["svhn"]["auroc"]
+
+    Args:
+        model: any classifier in eval mode (methods other than FeatureNorm need a final ``nn.Linear``).
+        id_loader: ID test batches, ``images`` or ``(images, labels)``; labels give ``id_accuracy``.
+        ood_loaders: ``{name: loader}``; labels, if any, are ignored.
+        methods: method names (see :func:`featurenorm.methods.method_names`) or Method instances.
+        block: the block FeatureNorm reads; None runs :func:`select_block` on ``fit_loader``.
+        fit_loader: labelled ID training batches, for the methods that fit statistics (and for selection).
+        all_blocks: also report FeatureNorm at every candidate block (``per_block``).
+        progress: show progress bars.
+
+    Convention: higher score = more in-distribution; ID is the positive class of FPR95 and AUROC.
+    """
+    return evaluate_scores(model, id_loader, ood_loaders, methods, block=block, fit_loader=fit_loader,
+                           all_blocks=all_blocks, progress=progress).results
 
 
 # ------------------------------------------------------------------------------------ fitting + cache
@@ -240,31 +403,14 @@ def load_cached_state(path: Path) -> dict[str, torch.Tensor] | None:
     return state
 
 
-def train_features(cfg: Config, model: nn.Module, device: torch.device, info: Dist, amp,
-                   progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, D) and labels (N,) of the ID training set, with the eval transform."""
-    split = load_split(cfg, train=True)
-    n = len(split)
-    loader = id_loader(cfg, split, device, info)
-    feats, labels = [], []
-    bar = progress_bar(total=len(loader), desc="fit: ID-train features", leave=False, disable=not progress)
-    with torch.inference_mode():
-        for images, y in loader:
-            with autocast(amp, device):
-                f = model.forward_features(images)
-            feats.append(f.float().cpu())
-            labels.append(y.cpu())
-            bar.update(1)
-    bar.close()
-    return gather_sharded(torch.cat(feats), n, info), gather_sharded(torch.cat(labels), n, info)
-
-
-def fit_methods(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoint: Path, device: torch.device,
-                info: Dist, amp, progress: bool) -> dict[str, str]:
+def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoint: Path, fit_loader,
+                   amp, progress: bool, is_main: bool) -> dict[str, str]:
     """Fit (or load from ``<save_path>/cache/``) every method that needs ID-train statistics.
 
     Returns ``{method: "cached" | "fitted"}``.
     """
+    from .models.blocks import classifier_parts
+
     fitting = {name: m for name, m in methods.items() if m.fits}
     if not fitting:
         return {}
@@ -283,42 +429,85 @@ def fit_methods(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoi
             except Exception:
                 print(f"warning: cache file {path} does not fit {name}; recomputing it", file=sys.stderr)
         missing[name] = (method, path)
-    if status and info.is_main:
+    if status and is_main:
         print(f"reusing cached ID-train fits from {cache_dir}: {', '.join(status)}", file=sys.stderr)
     if missing:
-        features, labels = train_features(cfg, model, device, info, amp, progress and info.is_main)
+        forward_features, head = classifier_parts(model)
+        features, labels = collect_features(forward_features, fit_loader(), model_device(model), amp,
+                                            progress and is_main)
         for name, (method, path) in missing.items():
-            state = method.fit(features, labels, model.head)
+            state = method.fit(features, labels, head)
             status[name] = "fitted"
-            if info.is_main:
+            if is_main:
                 with io.atomic_path(path) as tmp:
                     torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     return status
 
 
 # ------------------------------------------------------------------------------------------ data
-def id_loader(cfg: Config, split, device: torch.device, info: Dist):
-    """In-order batches ``(images, labels)`` of this rank's strided share of an ID split."""
-    from .data.loaders import DeviceLoader, FolderLoader
+class _Shard:
+    """This rank's strided share of an ID split as in-order batches; ``gather`` restores data-set order."""
 
-    index = shard(len(split), info)
-    if split.images is not None:
-        return DeviceLoader(split.images[index], split.labels[index], cfg.eval_batch_size, train=False,
-                            mean=cfg.mean, std=cfg.std, device=device, image_size=cfg.image_size,
-                            channels_last=cfg.channels_last)
-    from torch.utils.data import Subset
+    def __init__(self, cfg: Config, split, device: torch.device, info: Dist):
+        from .data.loaders import DeviceLoader, FolderLoader
 
-    from .data.images import split_dataset
-    return FolderLoader(Subset(split_dataset(split, cfg, train=False), index.tolist()), cfg.eval_batch_size,
-                        train=False, cfg=cfg, device=device)
+        self.info = info
+        index = shard(len(split), info)
+        if split.images is not None:
+            self.loader = DeviceLoader(split.images[index], split.labels[index], cfg.eval_batch_size, train=False,
+                                       mean=cfg.mean, std=cfg.std, device=device, image_size=cfg.image_size,
+                                       channels_last=cfg.channels_last)
+        else:
+            from torch.utils.data import Subset
+
+            from .data.images import split_dataset
+            self.loader = FolderLoader(Subset(split_dataset(split, cfg, train=False), index.tolist()),
+                                       cfg.eval_batch_size, train=False, cfg=cfg, device=device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        return gather_sharded(values, None, self.info)
+
+
+class _OODShard:
+    """An OOD source read by this rank; ``gather`` puts every rank's values back in file order."""
+
+    def __init__(self, data, info: Dist):
+        self.data, self.info = data, info
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.info.enabled:
+            return values
+        order = torch.argsort(gather_concat(self.data.indices, self.info), stable=True)
+        return gather_concat(values, self.info)[order]
+
+    @property
+    def unreadable(self) -> list[str]:
+        if not self.info.enabled:
+            return list(self.data.unreadable)
+        parts: list = [None] * self.info.world_size
+        torch.distributed.all_gather_object(parts, list(self.data.unreadable))
+        position = {path: i for i, path in enumerate(self.data.paths or [])}
+        return sorted((p for part in parts for p in part), key=lambda p: position.get(p, -1))
 
 
 # ------------------------------------------------------------------------------------------ the run
 def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | None = None, block: str | None = None,
                    ood_specs: Sequence[str] = (), save_scores: bool = False, all_blocks: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
-    """Score ID test and OOD sets with every requested method; write the results (rank 0)."""
-    from .data.ood import check_ood_source, open_ood, resolve_ood_sources
+                   progress: bool = True) -> Evaluation:
+    """eval_ood.py: load the run's model and data, :func:`evaluate_scores`, and write the results (rank 0)."""
+    from .data.ood import open_ood
 
     names = parse_methods(methods)
     info, device = init_distributed(cfg)
@@ -329,77 +518,57 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         show = progress and info.is_main
         selected = resolve_block(cfg, block, model, path) if any(map(uses_block, names)) or all_blocks else None
         built = {name: build_method(name, cfg) for name in names}
-        id_kind, _ = resolve_id_dataset(cfg)
-        sources, skipped = resolve_ood_sources(cfg, ood_specs, id_kind)
-        live = []
-        for source in sources:
-            reason = check_ood_source(source)
-            if reason:
-                skipped[source.name] = reason
-            else:
-                live.append(source)
-        if not live:
-            why = f" (skipped {'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
-            raise UserError(f"no OOD data set to evaluate{why}: configure OOD paths (svhn, textures, ...) or pass "
-                            "--ood name=path")
-        for name, reason in skipped.items():
-            print(f"skipping OOD set '{name}': {reason}", file=sys.stderr)
-
-        fit_status = fit_methods(cfg, model, built, path, device, info, amp, progress)
-        tap_blocks = list(cfg.blocks or block_names(model)) if all_blocks else []
-        if selected and selected["name"] not in tap_blocks:
-            tap_blocks.append(selected["name"])
-        # only FeatureNorm asked for: the forward pass stops after the last tapped block
-        need_logits = names != ["featurenorm"]
-        scorer = Scorer(model, built, selected["name"] if selected else None, tap_blocks, amp,
-                        need_logits=need_logits)
-
-        test_split = load_split(cfg, train=False)
-        loader = id_loader(cfg, test_split, device, info)
-        id_scores = score_dataset(scorer, loader, len(loader), "ID test", info, len(test_split), show, True)
-        _check_finite(id_scores, "the ID test set")
-        ood_scores: dict[str, DatasetScores] = {}
-        unreadable: dict[str, int] = {}
-        for source in live:
-            data = open_ood(source, cfg, device, rank=info.rank, world_size=info.world_size)
-            result = score_dataset(scorer, data, len(data) if hasattr(data, "__len__") else None, source.name,
-                                   info, None, show, False)
-            result.unreadable = list(data.unreadable)
-            if info.enabled:
-                _merge_ood_shards(result, data, info)
-            unreadable[source.name] = len(result.unreadable)
+        live, skipped = _live_ood_sources(cfg, ood_specs)
+        fit_status = fit_with_cache(cfg, model, built, path, lambda: _Shard(cfg, load_split(cfg, train=True),
+                                                                               device, info),
+                                    amp, progress, info.is_main)
+        ood_loaders = {source.name: _OODShard(open_ood(source, cfg, device, rank=info.rank,
+                                                       world_size=info.world_size), info) for source in live}
+        evaluation = evaluate_scores(model, _Shard(cfg, load_split(cfg, train=False), device, info), ood_loaders,
+                                     list(built.values()), block=selected["name"] if selected else None,
+                                     all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
+                                     amp=amp, cfg=cfg, fitted=fit_status, progress=show)
+        unreadable = {name: len(result.unreadable) for name, result in evaluation.ood_scores.items()}
+        for name, result in list(evaluation.ood_scores.items()):
             if result.count == 0:
-                skipped[source.name] = "no readable images"
-                continue
-            _check_finite(result, f"OOD set '{source.name}'")
-            ood_scores[source.name] = result
-        if not ood_scores:
+                skipped[name] = "no readable images"
+                del evaluation.ood_scores[name]
+        if not evaluation.ood_scores:
             raise UserError("no OOD image could be read (skipped "
                             f"{'; '.join(f'{k}: {v}' for k, v in skipped.items())}); check the OOD folders")
-
-        results = assemble_results(cfg, path, selected, names, built, id_scores, ood_scores, skipped, unreadable,
-                                   all_blocks, fit_status, need_logits)
+        meta = ResultsMeta(id_dataset=resolve_id_dataset(cfg)[0] if cfg.id_dataset else None, arch=cfg.arch,
+                           checkpoint=str(path), seed=cfg.seed, block=selected, skipped=skipped,
+                           unreadable=unreadable, hyperparameters=evaluation.results["hyperparameters"],
+                           fit=fit_status)
+        evaluation.results = assemble_results(meta, names, evaluation.id_scores, evaluation.ood_scores,
+                                              with_logits=evaluation.with_logits, all_blocks=all_blocks)
         if info.is_main:
-            write_outputs(cfg, results, id_scores, ood_scores, selected, save_scores, all_blocks)
-        return results
+            evaluation.written = write_outputs(cfg, evaluation, selected, save_scores, all_blocks)
+        return evaluation
     finally:
         shutdown_distributed()
 
 
-def _merge_ood_shards(result: DatasetScores, data, info: Dist) -> None:
-    """Put an OOD set's gathered scores (rank order) back in file order; collect every rank's unreadable files.
+def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict[str, str]]:
+    """The OOD sources that exist, and ``{name: reason}`` for those skipped (each reported on stderr)."""
+    from .data.ood import check_ood_source, resolve_ood_sources
 
-    Args:
-        result: scores gathered by :func:`score_dataset` with ``n_full=None`` (concatenated by rank).
-        data: the set's :class:`~featurenorm.data.ood.OODData` after the pass (``indices``, ``unreadable``).
-    """
-    order = torch.argsort(gather_concat(data.indices, info), stable=True)
-    result.scores = {k: v[order] for k, v in result.scores.items()}
-    result.block_norms = {k: v[order] for k, v in result.block_norms.items()}
-    parts: list = [None] * info.world_size
-    torch.distributed.all_gather_object(parts, list(data.unreadable))
-    position = {path: i for i, path in enumerate(data.paths or [])}
-    result.unreadable = sorted((p for part in parts for p in part), key=lambda p: position.get(p, -1))
+    id_kind, _ = resolve_id_dataset(cfg)
+    sources, skipped = resolve_ood_sources(cfg, ood_specs, id_kind)
+    live = []
+    for source in sources:
+        reason = check_ood_source(source)
+        if reason:
+            skipped[source.name] = reason
+        else:
+            live.append(source)
+    if not live:
+        why = f" (skipped {'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
+        raise UserError(f"no OOD data set to evaluate{why}: configure OOD paths (svhn, textures, ...) or pass "
+                        "--ood name=path")
+    for name, reason in skipped.items():
+        print(f"skipping OOD set '{name}': {reason}", file=sys.stderr)
+    return live, skipped
 
 
 def _check_finite(result: DatasetScores, where: str) -> None:
@@ -410,9 +579,24 @@ def _check_finite(result: DatasetScores, where: str) -> None:
                             "(it may have diverged) and the data")
 
 
-def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores,
-                     ood_scores: dict[str, DatasetScores], skipped, unreadable, all_blocks, fit_status,
-                     with_logits: bool) -> dict[str, Any]:
+@dataclass
+class ResultsMeta:
+    """The provenance fields of ``ood_results.json``."""
+
+    arch: str | None
+    block: dict[str, Any] | None
+    hyperparameters: dict[str, Any]
+    fit: dict[str, str]
+    id_dataset: str | None = None
+    checkpoint: str | None = None
+    seed: int | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
+
+
+def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: DatasetScores,
+                     ood_scores: Mapping[str, DatasetScores], *, with_logits: bool, all_blocks: bool) -> dict[str, Any]:
+    """The ``ood_results.json`` dict: metrics per method and OOD set (plus ``average``), and provenance."""
     methods: dict[str, Any] = {}
     for name in names:
         per_set = {}
@@ -423,13 +607,13 @@ def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores
                                               for k, v in per_set.items()})
         methods[name] = per_set
     # without logits (FeatureNorm alone, early exit) there is no accuracy to report
-    accuracy = id_scores.correct / id_scores.count if with_logits and id_scores.count else None
+    accuracy = id_scores.correct / id_scores.labelled if with_logits and id_scores.labelled else None
+    num_id = id_scores.count
     results: dict[str, Any] = {
-        "id_dataset": resolve_id_dataset(cfg)[0] if cfg.id_dataset else None, "arch": cfg.arch,
-        "id_accuracy": accuracy, "num_id": id_scores.count, "checkpoint": str(path), "seed": cfg.seed,
-        "block": selected, "convention": CONVENTION, "skipped": skipped, "unreadable": unreadable,
-        "hyperparameters": {n: built[n].hparams() for n in names if built[n].hparams()},
-        "fit": fit_status, "methods": methods,
+        "id_dataset": meta.id_dataset, "arch": meta.arch, "id_accuracy": accuracy, "num_id": num_id,
+        "checkpoint": meta.checkpoint, "seed": meta.seed, "block": meta.block, "convention": CONVENTION,
+        "skipped": meta.skipped, "unreadable": meta.unreadable, "hyperparameters": meta.hyperparameters,
+        "fit": meta.fit, "methods": methods,
     }
     if all_blocks:
         per_block = {}
@@ -442,23 +626,24 @@ def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores
     return results
 
 
-def write_outputs(cfg: Config, results, id_scores: DatasetScores, ood_scores: dict[str, DatasetScores], selected,
-                  save_scores: bool, all_blocks: bool) -> None:
+def write_outputs(cfg: Config, evaluation: Evaluation, selected, save_scores: bool, all_blocks: bool) -> list[Path]:
+    """Write the JSON/Markdown/CSV results, optionally the scores, and the plots; return the paths."""
     save_dir = cfg.save_dir
-    written = report.write_ood_results(results, save_dir)
-    results["_written"] = [str(p) for p in written.values()]
+    results, id_scores, ood_scores = evaluation.results, evaluation.id_scores, evaluation.ood_scores
+    written = list(report.write_ood_results(results, save_dir).values())
     if save_scores:
         arrays = {f"{m}.id": v.numpy() for m, v in id_scores.scores.items()}
         for set_name, result in ood_scores.items():
             arrays.update({f"{m}.{set_name}": v.numpy() for m, v in result.scores.items()})
-        results["_written"].append(str(report.write_scores_npz(arrays, save_dir / "scores.npz")))
+        written.append(report.write_scores_npz(arrays, save_dir / "scores.npz"))
     if selected and selected["name"] in id_scores.block_norms:
         block = selected["name"]
-        results["_written"].append(str(report.plot_feature_norm_hist(
+        written.append(report.plot_feature_norm_hist(
             id_scores.block_norms[block].numpy(), {s: r.block_norms[block].numpy() for s, r in ood_scores.items()},
-            block, save_dir / "feature_norm_hist.png")))
+            block, save_dir / "feature_norm_hist.png"))
     selection = save_dir / "block_selection.json"
     if all_blocks and selection.is_file():
         rows = json.loads(selection.read_text())
-        results["_written"].append(str(report.plot_norm_ratio_vs_auroc(
-            rows["blocks"], results["per_block"], save_dir / "norm_ratio_vs_auroc.png", selected=rows["selected"])))
+        written.append(report.plot_norm_ratio_vs_auroc(
+            rows["blocks"], results["per_block"], save_dir / "norm_ratio_vs_auroc.png", selected=rows["selected"]))
+    return written

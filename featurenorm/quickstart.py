@@ -53,7 +53,7 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         selection = json.loads(selection_path.read_text())
         print(f"reusing {selection_path}")
     else:
-        selection = run_selection(cfg, progress=progress)
+        selection = run_selection(cfg, progress=progress).to_dict()
     print(format_block_table(selection["blocks"], selection["selected"]))
 
     _banner("3/3 evaluate on synthetic OOD sets (made from data that installed packages ship)")
@@ -66,7 +66,7 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         results = json.loads(results_path.read_text())
         print(f"reusing {results_path}")
     else:
-        results = run_evaluation(cfg, ood_specs=specs, all_blocks=True, save_scores=True, progress=progress)
+        results = run_evaluation(cfg, ood_specs=specs, all_blocks=True, save_scores=True, progress=progress).results
     print(results_table(results, "md"))
     if results.get("per_block"):
         selected = results["block"]["name"]

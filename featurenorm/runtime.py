@@ -111,15 +111,17 @@ def shard(n: int, info: Dist) -> torch.Tensor:
     return torch.arange(info.rank, n, info.world_size)
 
 
-def gather_sharded(values: torch.Tensor, n: int, info: Dist) -> torch.Tensor:
+def gather_sharded(values: torch.Tensor, n: int | None, info: Dist) -> torch.Tensor:
     """Undo :func:`shard`: collect every rank's (n_r, ...) values into the (n, ...) single-process order.
 
-    Each rank gets the full tensor. Without a process group this returns ``values``.
+    Each rank gets the full tensor; ``n`` defaults to the total gathered. Without a process group this
+    returns ``values``.
     """
     if not info.enabled:
         return values
     parts: list = [None] * info.world_size
     dist.all_gather_object(parts, values.cpu())
+    n = n if n is not None else sum(len(part) for part in parts)
     full = torch.empty((n, *values.shape[1:]), dtype=values.dtype)
     for rank, part in enumerate(parts):
         full[rank::info.world_size] = part

@@ -74,7 +74,8 @@ def _auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without parameters)."""
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -104,7 +105,7 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
     """
     from .data.jigsaw import sample_permutations
 
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
 
     def paired() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         for batch in batches:
@@ -235,17 +236,115 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
                       shapes={n: shapes[n] for n in blocks})
 
 
+@dataclass
+class BlockSelection:
+    """The outcome of block selection: one row per block and the chosen one.
+
+    Attributes:
+        rows: per block, in forward order: ``index``, ``name``, ``shape``, ``norm_ratio``,
+            ``id_norm_mean``, ``jigsaw_norm_mean``, ``jigsaw_auroc`` (see :func:`summarize_blocks`).
+        selected: ``{"index": int, "name": str}``, the row that maximises ``criterion``.
+        criterion: ``norm_ratio`` (the paper's rule) or ``auroc``.
+        grid, seed, num_samples: how the puzzles were made, and from how many ID images.
+        arch, checkpoint: provenance written into ``block_selection.json`` (None when unknown).
+    """
+
+    rows: list[dict[str, Any]]
+    selected: dict[str, Any]
+    criterion: str
+    grid: int
+    seed: int
+    num_samples: int
+    arch: str | None = None
+    checkpoint: str | None = None
+
+    @classmethod
+    def from_norms(cls, norms: BlockNorms, blocks: Sequence[str], criterion: str, grid: int, seed: int,
+                   **provenance: Any) -> "BlockSelection":
+        rows = summarize_blocks(norms, blocks)
+        num_samples = int(next(iter(norms.id.values())).numel())
+        return cls(rows, choose_block(rows, criterion), criterion, grid, seed, num_samples, **provenance)
+
+    @property
+    def block(self) -> str:
+        """The selected block's module name."""
+        return self.selected["name"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``block_selection.json`` schema."""
+        return {"arch": self.arch, "checkpoint": self.checkpoint, "num_samples": self.num_samples, "grid": self.grid,
+                "seed": self.seed, "criterion": self.criterion, "blocks": self.rows, "selected": self.selected}
+
+    def plot(self, path, title: str | None = None):
+        """Bar chart of NormRatio per block, the selected one highlighted; returns the path written."""
+        from . import report
+
+        what = self.arch or "model"
+        title = title or f"{what}: NormRatio per block ({self.num_samples} ID images, grid {self.grid})"
+        return report.plot_norm_ratio(self.rows, self.selected, path, title=title)
+
+
+def _first_images(loader: Iterable[Any], limit: int | None) -> Iterable[torch.Tensor]:
+    """Image batches of ``loader`` (first element of tuples), cut after ``limit`` images in total."""
+    seen = 0
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if limit is not None:
+            if seen >= limit:
+                return
+            images = images[:limit - seen]
+        seen += images.shape[0]
+        yield images
+
+
+def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] | None = None, *, grid: int = 3,
+                 num_samples: int | None = None, seed: int = 0, criterion: str = "norm_ratio",
+                 progress: bool = False) -> BlockSelection:
+    """NormRatio block selection for any model: ID images against their own jigsaw puzzles.
+
+    Example::
+
+        selection = select_block(model.eval(), train_loader)
+        selection.block            # e.g. "layer3.1"
+        selection.plot("norm_ratio.png")
+
+    Args:
+        model: the trained classifier; it is run in eval mode (its mode is restored afterwards).
+        loader: any iterable of normalized image batches (B, 3, H, W), or of ``(images, labels, ...)``
+            tuples, e.g. a ``torch.utils.data.DataLoader``. Batches are moved to the model's device.
+        blocks: module names to compare; default :func:`featurenorm.candidate_blocks`.
+        grid: jigsaw grid (3 = 3x3 tiles, the paper's).
+        num_samples: use only the first N images the loader yields (shuffle the loader for a random subset).
+        seed: seeds the puzzle permutations.
+        criterion: ``norm_ratio`` (the paper's) or ``auroc`` (ID vs. puzzles, by FeatureNorm).
+        progress: show a progress bar.
+    """
+    from .models.blocks import candidate_blocks
+
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
+    if grid < 1:
+        raise ValueError(f"grid must be at least 1, got {grid}")
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    blocks = list(blocks) if blocks is not None else candidate_blocks(model)
+    norms = collect_block_norms(model, _first_images(loader, num_samples), blocks, grid,
+                                generator=torch.Generator().manual_seed(seed), progress=progress)
+    return BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=type(model).__name__)
+
+
 def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = None, grid: int | None = None,
-                  seed: int | None = None, criterion: str | None = None, progress: bool = True) -> dict[str, Any]:
+                  seed: int | None = None, criterion: str | None = None, progress: bool = True) -> BlockSelection:
     """select_block.py: NormRatio of every block on the ID training images; writes the JSON and the plot.
 
-    Returns the ``block_selection.json`` content (on every rank under torchrun; rank 0 writes).
+    The puzzle permutations are drawn once for the seeded subsample, so that the result does not depend
+    on batching or on torchrun sharding. Returns the selection on every rank; rank 0 writes.
     """
-    from . import io, report
+    from . import io
     from .checkpoint import default_checkpoint, load_for_config
     from .data.datasets import load_split
     from .data.jigsaw import sample_permutations
-    from .models import block_names
+    from .models.blocks import candidate_blocks
     from .runtime import amp_dtype, gather_sharded, init_distributed, shard, shutdown_distributed
 
     grid = grid if grid is not None else cfg.jigsaw_grid
@@ -262,7 +361,7 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     try:
         path = default_checkpoint(cfg, checkpoint)
         model = load_for_config(cfg, path, device)
-        blocks = list(cfg.blocks or block_names(model))
+        blocks = list(cfg.blocks or candidate_blocks(model))
         split = load_split(cfg, train=True)
         total = len(split)
         generator = torch.Generator().manual_seed(seed)
@@ -277,15 +376,12 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         norms.id = {n: gather_sharded(v, len(chosen), info) for n, v in norms.id.items()}
         norms.jigsaw = {n: gather_sharded(v, len(chosen), info) for n, v in norms.jigsaw.items()}
         _check_finite_norms(norms, path)
-        rows = summarize_blocks(norms, blocks)
-        selected = choose_block(rows, criterion)
-        result = {"arch": cfg.arch, "checkpoint": str(path), "num_samples": int(len(chosen)), "grid": grid,
-                  "seed": seed, "criterion": criterion, "blocks": rows, "selected": selected}
+        selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=cfg.arch,
+                                              checkpoint=str(path))
         if info.is_main:
-            io.write_json(cfg.save_dir / "block_selection.json", result)
-            report.plot_norm_ratio(rows, selected, cfg.save_dir / "norm_ratio.png",
-                                   title=f"{cfg.arch}: NormRatio per block ({len(chosen)} ID images, grid {grid})")
-        return result
+            io.write_json(cfg.save_dir / "block_selection.json", selection.to_dict())
+            selection.plot(cfg.save_dir / "norm_ratio.png")
+        return selection
     finally:
         shutdown_distributed()
 

@@ -131,8 +131,7 @@ def test_missing_required_key(tmp_path, missing):
     ({"lr": -0.1}, "config key 'lr' must not be negative, got -0.1"),
     ({"lr": 0}, "config key 'lr' must be positive, got 0"),
     ({"epochs": 0, "milestones": []}, "config key 'epochs' must be at least 1, got 0"),
-    ({"epochs": 10, "milestones": [5, 11]}, "config key 'milestones' has 11, outside 1..epochs (10); "
-                                            "lower it or raise epochs"),
+    ({"epochs": 10, "milestones": [0, 5]}, "config key 'milestones' must be at least 1, got [0, 5]"),
     ({"milestones": [75, 50]}, "config key 'milestones' must be increasing, got [75, 50]"),
     ({"width": 0}, "config key 'width' must be positive, got 0.0"),
     ({"num_classes": 1}, "config key 'num_classes' must be at least 2, got 1"),
@@ -189,3 +188,34 @@ def test_run_folder_config_json_loads_back(tmp_path):
     cfg = from_dict(SEED_CONFIG)
     path = write_config(tmp_path, {**cfg.to_dict(), "git_commit": "0123abc"})
     assert load_config(path) == cfg
+
+
+# ---------------------------------------------------------------------- paper cuts of a new user
+def test_default_schedule_scales_with_epochs(tmp_path):
+    # the paper's [50, 75, 90] of 100 epochs, at the same fractions of a shorter or longer run
+    assert load_config(write_config(tmp_path, {**MINIMAL, "epochs": 100})).milestones == [50, 75, 90]
+    assert load_config(write_config(tmp_path, {**MINIMAL, "epochs": 10})).milestones == [5, 8, 9]
+    assert load_config(write_config(tmp_path, {**MINIMAL, "epochs": 200})).milestones == [100, 150, 180]
+    assert load_config(write_config(tmp_path, {**SEED_CONFIG, "epoch": "1"})).milestones == [1, 1, 1]
+
+
+def test_explicit_milestone_beyond_the_last_epoch_warns_once_and_never_fires(tmp_path):
+    from featurenorm.engine import _epoch_lr
+
+    with pytest.warns(UserWarning, match=r"milestone\(s\) \[10, 20\] lie beyond the last epoch \(4\) and never fire"):
+        cfg = load_config(write_config(tmp_path, {**MINIMAL, "epochs": 4, "milestones": [2, 10, 20]}))
+    assert [_epoch_lr(cfg, e) for e in range(4)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+
+
+def test_set_null_resets_a_key_to_its_default(tmp_path):
+    path = write_config(tmp_path, {**MINIMAL, "width": 0.25, "arch": "resnet18"})
+    cfg = load_config(path, ["arch=timm/resnet10t", "width=null"])
+    assert (cfg.arch, cfg.width) == ("timm/resnet10t", 1.0)
+    assert load_config(path, ["num_classes=7", "num_classes=null"]).num_classes is None
+
+
+def test_utf16_config_is_a_one_line_error(tmp_path):
+    path = tmp_path / "utf16.json"
+    path.write_text(json.dumps(MINIMAL), encoding="utf-16")
+    with pytest.raises(ConfigError, match=r"utf16.json: not UTF-8 text .*save it as UTF-8"):
+        load_config(path)

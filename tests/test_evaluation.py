@@ -62,7 +62,7 @@ def evaluated(trained_digits_run, tmp_path_factory):
         write_random_pngs(root / "ood" / name, 12, size=(20, 24), mode=mode, seed=seed)
         specs.append(f"{name}={root / 'ood' / name}")
     results = run_evaluation(cfg, methods=METHODS, ood_specs=specs, save_scores=True, all_blocks=True,
-                             progress=False)
+                             progress=False).results
     return cfg, results, specs
 
 
@@ -160,7 +160,7 @@ def test_featurenorm_without_a_selection_says_to_run_select_block(trained_digits
     with pytest.raises(UserError, match="select_block.py"):
         run_evaluation(cfg, methods="featurenorm", ood_specs=specs, progress=False)
     # --block works without a selection, and featurenorm alone reports no accuracy (no logits)
-    results = run_evaluation(cfg, methods="featurenorm", block="layer2.1", ood_specs=specs, progress=False)
+    results = run_evaluation(cfg, methods="featurenorm", block="layer2.1", ood_specs=specs, progress=False).results
     assert results["block"] == {"name": "layer2.1", "index": 3, "source": "--block"}
     assert results["id_accuracy"] is None
 
@@ -169,12 +169,12 @@ def test_fit_cache_is_reused_invalidated_and_recovered(trained_digits_run, tmp_p
     cfg = copy_run(trained_digits_run, tmp_path)
     specs = ood_folders(tmp_path, make_png_folder)
     methods = "knn,mahalanobis,energy_react"
-    first = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False)
+    first = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False).results
     assert first["fit"] == {"knn": "fitted", "mahalanobis": "fitted", "energy_react": "fitted"}
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
     capsys.readouterr()
 
-    second = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False)
+    second = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False).results
     assert second["fit"] == {"knn": "cached", "mahalanobis": "cached", "energy_react": "cached"}
     assert "reusing cached ID-train fits" in capsys.readouterr().err
     assert second["methods"] == first["methods"]
@@ -182,7 +182,7 @@ def test_fit_cache_is_reused_invalidated_and_recovered(trained_digits_run, tmp_p
     # a corrupt cache file is recomputed, not trusted
     knn_file = next((tmp_path / "cache").glob("knn-*.pt"))
     knn_file.write_bytes(b"not a torch file")
-    third = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False)
+    third = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False).results
     assert third["fit"]["knn"] == "fitted" and third["fit"]["mahalanobis"] == "cached"
     assert "unreadable" in capsys.readouterr().err
     assert third["methods"] == first["methods"]
@@ -191,8 +191,8 @@ def test_fit_cache_is_reused_invalidated_and_recovered(trained_digits_run, tmp_p
     state = read_checkpoint(tmp_path / "last.pt")
     state["model"]["head.bias"] = state["model"]["head.bias"] + 1.0
     save_checkpoint(tmp_path / "last.pt", {k: v for k, v in state.items() if k != "format"})
-    fourth = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False)
+    fourth = run_evaluation(cfg, methods=methods, ood_specs=specs, progress=False).results
     assert set(fourth["fit"].values()) == {"fitted"}
     from dataclasses import replace
-    fifth = run_evaluation(replace(cfg, knn_k=3), methods=methods, ood_specs=specs, progress=False)
+    fifth = run_evaluation(replace(cfg, knn_k=3), methods=methods, ood_specs=specs, progress=False).results
     assert fifth["fit"] == {"knn": "fitted", "mahalanobis": "cached", "energy_react": "cached"}

@@ -35,7 +35,7 @@ def test_all_blocks_and_block_follow_the_blocks_key(trained_digits_run, tmp_path
     make_png_folder(tmp_path / "ood", 6, size=(16, 16))
     cfg = replace(trained_digits_run.cfg, save_path=str(tmp_path), blocks=["layer2.1", "layer3.1"])
     results = run_evaluation(cfg, methods="featurenorm", block="layer3.1", all_blocks=True,
-                             ood_specs=[f"noise={tmp_path / 'ood'}"], progress=False)
+                             ood_specs=[f"noise={tmp_path / 'ood'}"], progress=False).results
     assert list(results["per_block"]) == ["layer2.1", "layer3.1"]
     assert results["block"]["index"] == 1
     assert results["per_block"]["layer3.1"]["noise"] == {

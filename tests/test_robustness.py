@@ -133,8 +133,8 @@ def test_debug_shows_the_traceback(tmp_path):
     ('{"save_path": "x"}', "missing required key 'id_dataset' (add it to the config file or pass "
                            "--set id_dataset=...)"),
     ('{"id_dataset": "digits", "save_path": "x", "lr": -0.1}', "config key 'lr' must not be negative, got -0.1"),
-    ('{"id_dataset": "digits", "save_path": "x", "epochs": 3, "milestones": [2, 5]}',
-     "config key 'milestones' has 5, outside 1..epochs (3); lower it or raise epochs"),
+    ('{"id_dataset": "digits", "save_path": "x", "epochs": 3, "milestones": [0, 2]}',
+     "config key 'milestones' must be at least 1, got [0, 2]"),
 ], ids=["unknown-key", "wrong-type-int", "wrong-type-bool", "no-save_path", "no-id_dataset", "negative-lr",
         "milestone-past-epochs"])
 def test_bad_config_file_is_one_line_naming_file_and_key(tmp_path, text, message):

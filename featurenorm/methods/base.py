@@ -10,7 +10,7 @@ to the input images, so the engine runs them in their own pass through ``score_i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,23 @@ class Outputs:
         return value
 
 
+@dataclass
+class ModelParts:
+    """The pieces of a classifier that methods score from.
+
+    Attributes:
+        model: the network; block names are its ``named_modules()`` names.
+        forward_features: images (B, 3, H, W) -> pooled penultimate features (B, D).
+        head: the linear classifier, ``logits = head(features)``.
+        block: the selected block, for methods that read its FeatureNorm (None if not selected).
+    """
+
+    model: nn.Module
+    forward_features: Callable[[Tensor], Tensor]
+    head: nn.Linear
+    block: str | None = None
+
+
 class Method:
     """Base class of an OOD scoring method.
 
@@ -60,7 +77,8 @@ class Method:
         name: registry name.
         needs: which :class:`Outputs` fields :meth:`score` reads.
         fits: True if the method needs ID-train statistics (call :meth:`fit` or :meth:`load_state`).
-        needs_input: True if the method scores images itself (``score_images``), not Outputs.
+        needs_input: True if the method scores images itself (``score_images``), not Outputs; the
+            evaluator then runs it in a gradient pass of its own with the logits of :meth:`input_logits`.
     """
 
     name: ClassVar[str]
@@ -88,6 +106,13 @@ class Method:
             The state, a dict of tensors (on CPU) that :meth:`load_state` accepts.
         """
         return {}
+
+    def input_logits(self, parts: ModelParts) -> Callable[[Tensor], Tensor]:
+        """For ``needs_input`` methods: the differentiable map images (B, 3, H, W) -> logits (B, C) that
+        :meth:`score_images` perturbs. Default: the model's own logits, ``head(forward_features(x))``."""
+        def logits(images: Tensor) -> Tensor:
+            return parts.head(parts.forward_features(images).float())
+        return logits
 
     def load_state(self, state: dict[str, Tensor]) -> None:
         """Restore the state returned by :meth:`fit`."""

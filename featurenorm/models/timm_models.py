@@ -12,7 +12,8 @@ import torch.nn as nn
 from ..errors import UserError
 
 
-def _stage_blocks(net: nn.Module) -> list[str]:
+def stage_blocks(net: nn.Module) -> list[str]:
+    """The children of each feature stage of a timm model, in forward order (names relative to ``net``)."""
     modules = dict(net.named_modules())
     stage_names = [info["module"] for info in getattr(net, "feature_info", [])]
     names: list[str] = []
@@ -41,7 +42,7 @@ class TimmClassifier(nn.Module):
                             "featurenorm needs a single nn.Linear classifier")
         self.head = head
         self.num_features = head.in_features
-        self.block_names = [f"net.{n}" for n in _stage_blocks(net)]
+        self.block_names = [f"net.{n}" for n in stage_blocks(net)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)

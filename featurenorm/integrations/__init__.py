@@ -1,0 +1,1 @@
+"""Adapters to other OOD toolkits. Each is imported on its own, so featurenorm never imports them itself."""
