@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
-# Let `python scripts/benchmark.py` find the package without installing it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurenorm.benchmark import default_settings, format_table, run_benchmark  # noqa: E402
-from featurenorm.errors import run_cli  # noqa: E402
+from featurenorm.benchmark import default_settings, format_table, run_benchmark
+from featurenorm.errors import run_cli
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

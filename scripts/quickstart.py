@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from featurenorm.errors import add_common_arguments, run_cli  # noqa: E402
-from featurenorm.quickstart import run_quickstart  # noqa: E402
+from featurenorm.errors import add_common_arguments, run_cli
+from featurenorm.quickstart import run_quickstart
 
 
 def main(argv: list[str]) -> int:

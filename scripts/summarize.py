@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-# Let `python scripts/summarize.py` find the package without installing it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurenorm.errors import run_cli  # noqa: E402
-from featurenorm.summary import format_summary, load_results_files, summarize_results  # noqa: E402
+from featurenorm.errors import run_cli
+from featurenorm.summary import format_summary, load_results_files, summarize_results
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
