@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,140 +117,196 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
 
 def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrite: bool,
            progress: bool) -> dict[str, Any]:
-    save_dir = cfg.save_dir
-    last_path = save_dir / "last.pt"
-    _check_run_folder(save_dir, resume, overwrite)
-    state = None
-    if resume:
-        if not last_path.exists():
-            raise UserError(f"--resume: no checkpoint at '{last_path}'; drop --resume to start a new run")
-        state = read_checkpoint(last_path)
-        check_compatible(state, cfg, last_path)
-        if state.get("finished") and state["epoch"] >= cfg.epochs:
-            raise UserError(f"the run in '{save_dir}' already finished {state['epoch']} epochs; raise epochs "
-                            "(--set epochs=N) to train longer, or pass --overwrite to start over")
-        if state["epoch"] >= cfg.epochs:
-            raise UserError(f"the checkpoint in '{save_dir}' is at epoch {state['epoch']}, but epochs is {cfg.epochs}; "
-                            f"resume with epochs above {state['epoch']} or pass --overwrite to start over")
-
-    train_split = load_split(cfg, train=True)
-    test_split = load_split(cfg, train=False)
-    num_classes = num_classes_of(cfg)
-    cfg.num_classes = num_classes
-
-    seed_everything(cfg.seed)
-    model = build_model(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
-    start_epoch, start_step = 0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_step = state["epoch"], state.get("step", 0)
-        set_rng_state(state["rng"], device)
-        if info.is_main:
-            _trim_log(save_dir / "train_log.jsonl", start_epoch)
-    elif info.is_main:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        (save_dir / "train_log.jsonl").unlink(missing_ok=True)
+    save_dir, last_path = cfg.save_dir, cfg.save_dir / "last.pt"
+    state = _resume_state(cfg, resume, overwrite)
+    train_split, test_split = load_split(cfg, train=True), load_split(cfg, train=False)
+    cfg.num_classes = num_classes_of(cfg)
+    run = _Run.build(cfg, device, info, state)
     if info.is_main:
+        if state is not None:
+            _trim_log(save_dir / "train_log.jsonl", run.start_epoch)
+        else:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            (save_dir / "train_log.jsonl").unlink(missing_ok=True)
         io.write_json(save_dir / "config.json", {**cfg.to_dict(), "git_commit": git_commit()})
-
-    train_model = model
-    if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    amp = amp_dtype(cfg, device)
-    train_loader = make_loader(cfg, train_split, train=True, device=device, rank=info.rank,
-                               world_size=info.world_size)
-    test_loader = make_loader(cfg, test_split, train=False, device=device, rank=info.rank,
-                              world_size=info.world_size)
-
-    def checkpoint(epoch: int, step: int, metrics: dict[str, Any], finished: bool,
-                   partial: dict[str, Any] | None = None) -> None:
-        if info.is_main:
-            save_checkpoint(last_path, {
-                "arch": cfg.arch, "num_classes": num_classes, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "step": step, "rng": rng_state(device), "config": cfg.to_dict(), "metrics": metrics,
-                "finished": finished, "git_commit": git_commit(), **({"partial_epoch": partial} if partial else {})})
-
+    train_loader = make_loader(cfg, train_split, train=True, device=device, rank=info.rank, world_size=info.world_size)
+    test_loader = make_loader(cfg, test_split, train=False, device=device, rank=info.rank, world_size=info.world_size)
     metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
-    steps_per_epoch = len(train_loader)
     with _SignalFlag() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_model.train()
-            train_loader.set_epoch(epoch)
-            started = time.perf_counter()
-            first = start_step if epoch == start_epoch else 0
-            losses = torch.zeros(steps_per_epoch, device=device)
-            correct = torch.zeros((), device=device)
-            seen = 0
-            # the epoch's statistics start where a mid-epoch stop left them, so the log matches an
-            # uninterrupted run (under torchrun every rank restores rank 0's part)
-            counted_from = first
-            partial = state.get("partial_epoch") if state is not None and first else None
-            if partial is not None:
-                losses[:first] = partial["losses"].to(device)
-                correct += partial["correct"]
-                seen = int(partial["seen"])
-                started -= float(partial["seconds"])
-                counted_from = 0
-            bar = progress_bar(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                               disable=not (progress and info.is_main), leave=False)
-            for step, (x, y) in enumerate(train_loader.iterate(first), start=first):
-                with autocast(amp, device):
-                    logits = train_model(x)
-                    loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses[step] = loss.detach().float()
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
-                if step % 10 == 0 or step == steps_per_epoch - 1:
-                    _check_finite(losses, first, step, epoch, last_path)
-                    elapsed = time.perf_counter() - started
-                    bar.set_postfix(loss=f"{losses[step].item():.3f}", acc=f"{(correct / seen).item():.3f}",
-                                    img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}")
-                bar.update(1)
-                if _stop_now(stop, info, device, step % STOP_CHECK_EVERY == 0 or step == steps_per_epoch - 1):
-                    bar.close()
-                    _check_finite(losses, first, step, epoch, last_path)  # never save diverged weights over good ones
-                    checkpoint(epoch, step + 1, metrics, False, partial={
-                        "losses": losses[:step + 1].cpu(), "correct": int(correct), "seen": seen,
-                        "seconds": time.perf_counter() - started})
-                    raise StopRequested(stop.signum)
-            bar.close()
-            _check_finite(losses, first, steps_per_epoch - 1, epoch, last_path)
-            scheduler.step()
-            seconds = time.perf_counter() - started
+        for epoch in range(run.start_epoch, cfg.epochs):
+            first = run.start_step if epoch == run.start_epoch else 0
+            stats = _EpochStats.start(len(train_loader), device, state.get("partial_epoch") if state and first else None,
+                                      first)
+            _train_epoch(run, train_loader, epoch, first, stats, stop, progress and info.is_main)
+            _check_finite(stats.losses, first, len(train_loader) - 1, epoch, last_path)
+            run.scheduler.step()
+            seconds = time.perf_counter() - stats.started
             if info.enabled:
                 # BatchNorm running stats drift apart on each rank's shard: evaluate rank 0's, which are saved
-                _broadcast_buffers(model)
-                losses, correct, seen = _reduce_train_stats(losses, correct, seen, info.world_size)
-            test_acc = evaluate_accuracy(model, test_loader, amp)
-            done = steps_per_epoch - counted_from
-            metrics = {
-                "epoch": epoch + 1, "lr": _epoch_lr(cfg, epoch),
-                "train_loss": float(losses[counted_from:].sum() / max(done, 1)),
-                "train_acc": float(correct) / max(seen, 1), "test_acc": test_acc, "seconds": round(seconds, 3),
-            }
+                _broadcast_buffers(run.model)
+                stats.losses, stats.correct, stats.seen = _reduce_train_stats(stats.losses, stats.correct,
+                                                                              stats.seen, info.world_size)
+            metrics = {"epoch": epoch + 1, "lr": _epoch_lr(cfg, epoch), **stats.summary(),
+                       "test_acc": evaluate_accuracy(run.model, test_loader, run.amp), "seconds": round(seconds, 3)}
             if info.is_main:
                 io.append_jsonl(save_dir / "train_log.jsonl", metrics)
                 if progress:
                     tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
-                               f"train {metrics['train_acc']:.4f}  test {test_acc:.4f}  {seconds:.1f}s")
-            checkpoint(epoch + 1, 0, metrics, epoch + 1 == cfg.epochs)
+                               f"train {metrics['train_acc']:.4f}  test {metrics['test_acc']:.4f}  {seconds:.1f}s")
+            run.save(epoch + 1, 0, metrics, epoch + 1 == cfg.epochs)
             if _stop_now(stop, info, device, True) and epoch + 1 < cfg.epochs:  # after the last epoch: simply done
                 raise StopRequested(stop.signum)
     return metrics
+
+
+def _train_epoch(run: "_Run", loader, epoch: int, first: int, stats: "_EpochStats", stop: "_SignalFlag",
+                 progress: bool) -> None:
+    """One epoch of SGD from step ``first``: forward, cross-entropy, backward, step."""
+    cfg, device, info = run.cfg, run.device, run.info
+    run.train_model.train()
+    loader.set_epoch(epoch)
+    steps = len(loader)
+    bar = progress_bar(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                       leave=False)
+    for step, (x, y) in enumerate(loader.iterate(first), start=first):
+        with autocast(run.amp, device):
+            logits = run.train_model(x)
+            loss = F.cross_entropy(logits, y)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        stats.record(step, loss, logits, y)
+        if step % 10 == 0 or step == steps - 1:
+            _check_finite(stats.losses, first, step, epoch, run.last_path)
+            bar.set_postfix(**stats.postfix(step, info.world_size))
+        bar.update(1)
+        if _stop_now(stop, info, device, step % STOP_CHECK_EVERY == 0 or step == steps - 1):
+            bar.close()
+            _check_finite(stats.losses, first, step, epoch, run.last_path)  # never save diverged weights
+            run.save(epoch, step + 1, run.metrics_before, False, partial=stats.partial(step))
+            raise StopRequested(stop.signum)
+    bar.close()
+
+
+def _resume_state(cfg: Config, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from (None for a new run), after checking that it may be continued."""
+    save_dir, last_path = cfg.save_dir, cfg.save_dir / "last.pt"
+    _check_run_folder(save_dir, resume, overwrite)
+    if not resume:
+        return None
+    if not last_path.exists():
+        raise UserError(f"--resume: no checkpoint at '{last_path}'; drop --resume to start a new run")
+    state = read_checkpoint(last_path)
+    check_compatible(state, cfg, last_path)
+    if state.get("finished") and state["epoch"] >= cfg.epochs:
+        raise UserError(f"the run in '{save_dir}' already finished {state['epoch']} epochs; raise epochs "
+                        "(--set epochs=N) to train longer, or pass --overwrite to start over")
+    if state["epoch"] >= cfg.epochs:
+        raise UserError(f"the checkpoint in '{save_dir}' is at epoch {state['epoch']}, but epochs is {cfg.epochs}; "
+                        f"resume with epochs above {state['epoch']} or pass --overwrite to start over")
+    return state
+
+
+@dataclass
+class _Run:
+    """The model, its optimizer and schedule, where training starts, and how it is saved."""
+
+    cfg: Config
+    device: torch.device
+    info: Dist
+    model: nn.Module
+    train_model: nn.Module  # the model as trained: under DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    amp: torch.dtype | None
+    start_epoch: int = 0
+    start_step: int = 0
+    metrics_before: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_path(self) -> Path:
+        return self.cfg.save_dir / "last.pt"
+
+    @classmethod
+    def build(cls, cfg: Config, device: torch.device, info: Dist, state: dict[str, Any] | None) -> "_Run":
+        seed_everything(cfg.seed)
+        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, pretrained=cfg.pretrained).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestones, cfg.gamma)
+        start_epoch = start_step = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, start_step = state["epoch"], state.get("step", 0)
+            set_rng_state(state["rng"], device)
+        train_model = model
+        if info.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        return cls(cfg, device, info, model, train_model, optimizer, scheduler, amp_dtype(cfg, device), start_epoch,
+                   start_step, dict(state["metrics"]) if state is not None else {})
+
+    def save(self, epoch: int, step: int, metrics: dict[str, Any], finished: bool,
+             partial: dict[str, Any] | None = None) -> None:
+        """Write last.pt (rank 0): weights, optimizer, schedule, RNG and the position in the run."""
+        self.metrics_before = metrics
+        if self.info.is_main:
+            cfg = self.cfg
+            save_checkpoint(self.last_path, {
+                "arch": cfg.arch, "num_classes": cfg.num_classes, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                "step": step, "rng": rng_state(self.device), "config": cfg.to_dict(), "metrics": metrics,
+                "finished": finished, "git_commit": git_commit(), **({"partial_epoch": partial} if partial else {})})
+
+
+@dataclass
+class _EpochStats:
+    """Per-step losses and running accuracy of one epoch, kept on the device (no host sync per step).
+
+    A mid-epoch stop saves them (:meth:`partial`), so a resumed epoch logs what an uninterrupted one would.
+    """
+
+    losses: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    started: float
+    counted_from: int
+
+    @classmethod
+    def start(cls, steps: int, device: torch.device, partial: dict[str, Any] | None, first: int) -> "_EpochStats":
+        stats = cls(torch.zeros(steps, device=device), torch.zeros((), device=device), 0, time.perf_counter(), first)
+        if partial is not None:  # under torchrun every rank restores rank 0's part
+            stats.losses[:first] = partial["losses"].to(device)
+            stats.correct += partial["correct"]
+            stats.seen = int(partial["seen"])
+            stats.started -= float(partial["seconds"])
+            stats.counted_from = 0
+        return stats
+
+    def record(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.losses[step] = loss.detach().float()
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def postfix(self, step: int, world_size: int) -> dict[str, str]:
+        elapsed = time.perf_counter() - self.started
+        return {"loss": f"{self.losses[step].item():.3f}", "acc": f"{(self.correct / self.seen).item():.3f}",
+                "img_s": f"{self.seen * world_size / max(elapsed, 1e-9):.0f}"}
+
+    def partial(self, step: int) -> dict[str, Any]:
+        return {"losses": self.losses[:step + 1].cpu(), "correct": int(self.correct), "seen": self.seen,
+                "seconds": time.perf_counter() - self.started}
+
+    def summary(self) -> dict[str, float]:
+        done = len(self.losses) - self.counted_from
+        return {"train_loss": float(self.losses[self.counted_from:].sum() / max(done, 1)),
+                "train_acc": float(self.correct) / max(self.seen, 1)}
 
 
 def _broadcast_buffers(model: nn.Module) -> None:

@@ -251,6 +251,14 @@ def collect_features(forward_features: Callable[[torch.Tensor], torch.Tensor], l
 
 
 # ------------------------------------------------------------------------------------ the Python API
+class NoOODImages(ValueError):
+    """Every OOD loader was empty (or every file in it unreadable): there is nothing to measure."""
+
+    def __init__(self, message: str, names: list[str]):
+        super().__init__(message)
+        self.names = names
+
+
 @dataclass
 class Evaluation:
     """What :func:`evaluate_scores` returns: the ``ood_results.json`` dict and the per-image scores behind it."""
@@ -335,6 +343,8 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
             ood_scores[set_name] = result
     finally:
         model.train(was_training)
+    if not any(result.count for result in ood_scores.values()):
+        raise NoOODImages(f"no OOD image could be read (empty: {', '.join(ood_scores)})", list(ood_scores))
     selected = {"name": block, "index": candidates.index(block) if block in candidates else None} if block else None
     results = assemble_results(ResultsMeta(arch=type(model).__name__, block=selected,
                                            hyperparameters={n: m.hparams() for n, m in built.items() if m.hparams()},
@@ -524,18 +534,20 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
                                     amp, progress, info.is_main)
         ood_loaders = {source.name: _OODShard(open_ood(source, cfg, device, rank=info.rank,
                                                        world_size=info.world_size), info) for source in live}
-        evaluation = evaluate_scores(model, _Shard(cfg, load_split(cfg, train=False), device, info), ood_loaders,
-                                     list(built.values()), block=selected["name"] if selected else None,
-                                     all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
-                                     amp=amp, cfg=cfg, fitted=fit_status, progress=show)
+        try:
+            evaluation = evaluate_scores(model, _Shard(cfg, load_split(cfg, train=False), device, info), ood_loaders,
+                                         list(built.values()), block=selected["name"] if selected else None,
+                                         all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
+                                         amp=amp, cfg=cfg, fitted=fit_status, progress=show)
+        except NoOODImages as err:
+            skipped.update({name: "no readable images" for name in err.names})
+            raise UserError("no OOD image could be read (skipped "
+                            f"{'; '.join(f'{k}: {v}' for k, v in skipped.items())}); check the OOD folders") from None
         unreadable = {name: len(result.unreadable) for name, result in evaluation.ood_scores.items()}
         for name, result in list(evaluation.ood_scores.items()):
             if result.count == 0:
                 skipped[name] = "no readable images"
                 del evaluation.ood_scores[name]
-        if not evaluation.ood_scores:
-            raise UserError("no OOD image could be read (skipped "
-                            f"{'; '.join(f'{k}: {v}' for k, v in skipped.items())}); check the OOD folders")
         meta = ResultsMeta(id_dataset=resolve_id_dataset(cfg)[0] if cfg.id_dataset else None, arch=cfg.arch,
                            checkpoint=str(path), seed=cfg.seed, block=selected, skipped=skipped,
                            unreadable=unreadable, hyperparameters=evaluation.results["hyperparameters"],
