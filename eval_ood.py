@@ -1,7 +1,8 @@
 """Score the ID test set and the OOD benchmarks by FeatureNorm and the baselines.
 
 python eval_ood.py --config CONF [--checkpoint PATH] [--methods a,b,...] [--block NAME]
-                   [--ood name=path ...] [--save-scores] [--all-blocks] [--set k=v]
+                   [--ood name=path ...] [--save-scores] [--all-blocks] [--benchmark paper|openood_v1.5]
+                   [--set k=v]
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import sys
 
 from featurenorm.config import load_config
+from featurenorm.data.benchmarks import BENCHMARKS
 from featurenorm.errors import add_common_arguments, is_main_process, run_cli
 from featurenorm.evaluation import run_evaluation
 from featurenorm.methods import method_names
@@ -25,8 +27,10 @@ def main(argv: list[str]) -> int:
                         help="an extra OOD folder of images (repeatable); a missing path is an error")
     parser.add_argument("--save-scores", action="store_true", help="also write per-image scores to scores.npz")
     parser.add_argument("--all-blocks", action="store_true", help="also evaluate FeatureNorm at every block")
+    parser.add_argument("--benchmark", choices=list(BENCHMARKS),
+                        help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"benchmark={args.benchmark}"] if args.benchmark else []))
     results = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,
                              args.all_blocks, progress=not args.no_progress)
     if is_main_process():

@@ -26,14 +26,16 @@ from .errors import UserError
 from .features import FeatureTap
 from .methods import Outputs, build_method, method_names
 from .methods.blocknorm import blocknorm_logits
-from .metrics import METRIC_KEYS, average_metrics, ood_metrics
+from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 from .models import block_names
 from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, init_distributed, progress_bar, shard, \
     shutdown_distributed
 
-CONVENTION = "ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance"
+CONVENTION = ("ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance; fpr95_openood = OpenOOD's "
+              "FPR@95, OOD positive: fraction of ID rejected at 95% OOD recall")
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
-FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes")
+FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes",
+            "benchmark", "openood_root")
 
 
 def uses_block(name: str) -> bool:
@@ -359,7 +361,8 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         id_scores = score_dataset(scorer, loader, len(loader), "ID test", info, len(test_split), show, True)
         _check_finite(id_scores, "the ID test set")
         ood_scores: dict[str, DatasetScores] = {}
-        unreadable: dict[str, int] = {}
+        # listed ID test images left out (missing or not images) count under the ID set's name
+        unreadable: dict[str, int] = {id_kind: len(test_split.unreadable)} if test_split.unreadable else {}
         for source in live:
             data = open_ood(source, cfg, device, rank=info.rank, world_size=info.world_size)
             result = score_dataset(scorer, data, len(data) if hasattr(data, "__len__") else None, source.name,
@@ -413,6 +416,10 @@ def _check_finite(result: DatasetScores, where: str) -> None:
 def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores,
                      ood_scores: dict[str, DatasetScores], skipped, unreadable, all_blocks, fit_status,
                      with_logits: bool) -> dict[str, Any]:
+    from .data.benchmarks import benchmark_entry
+
+    id_kind = resolve_id_dataset(cfg)[0] if cfg.id_dataset else None
+    entry = benchmark_entry(cfg.benchmark, id_kind or "imagefolder")  # its groups and table layout
     methods: dict[str, Any] = {}
     for name in names:
         per_set = {}
@@ -421,13 +428,16 @@ def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores
             per_set[set_name] = {**metrics, "num_ood": int(result.scores[name].numel())}
         per_set["average"] = average_metrics({k: {m: v[m] for m in METRIC_KEYS}
                                               for k, v in per_set.items()})
+        per_set.update(group_averages(per_set, entry.groups))
         methods[name] = per_set
     # without logits (FeatureNorm alone, early exit) there is no accuracy to report
     accuracy = id_scores.correct / id_scores.count if with_logits and id_scores.count else None
     results: dict[str, Any] = {
-        "id_dataset": resolve_id_dataset(cfg)[0] if cfg.id_dataset else None, "arch": cfg.arch,
+        "id_dataset": id_kind, "arch": cfg.arch,
         "id_accuracy": accuracy, "num_id": id_scores.count, "checkpoint": str(path), "seed": cfg.seed,
         "block": selected, "convention": CONVENTION, "skipped": skipped, "unreadable": unreadable,
+        "benchmark": cfg.benchmark, "table_metrics": list(entry.table_metrics),
+        "groups": {g: [s for s in members if s in ood_scores] for g, members in entry.groups.items()},
         "hyperparameters": {n: built[n].hparams() for n in names if built[n].hparams()},
         "fit": fit_status, "methods": methods,
     }
@@ -437,6 +447,7 @@ def assemble_results(cfg, path, selected, names, built, id_scores: DatasetScores
             per_set = {s: ood_metrics(id_scores.block_norms[block].numpy(), r.block_norms[block].numpy())
                        for s, r in ood_scores.items()}
             per_set["average"] = average_metrics(per_set)
+            per_set.update(group_averages(per_set, entry.groups))
             per_block[block] = per_set
         results["per_block"] = per_block
     return results
