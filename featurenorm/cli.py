@@ -12,7 +12,14 @@ import sys
 from typing import Sequence
 
 from .config import load_config
+from .data.benchmarks import BENCHMARKS
 from .errors import add_common_arguments, is_main_process, run_cli
+
+
+def _load(args: argparse.Namespace):
+    """The config with its ``--set`` overrides; ``--benchmark`` is one more override."""
+    benchmark = getattr(args, "benchmark", None)
+    return load_config(args.config, list(args.set) + ([f"benchmark={benchmark}"] if benchmark else []))
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -46,8 +53,10 @@ def select_main(argv: Sequence[str]) -> int:
     parser.add_argument("--grid", type=int, help="jigsaw grid size (default: config jigsaw_grid, 3)")
     parser.add_argument("--seed", type=int, help="seed of the subsample and the puzzles (default: config seed)")
     parser.add_argument("--criterion", choices=list(CRITERIA), help="selection criterion (default: norm_ratio)")
+    parser.add_argument("--benchmark", choices=list(BENCHMARKS),
+                        help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = _load(args)
     from .selection import format_block_table, run_selection  # imports torch: after the config check
 
     selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
@@ -73,8 +82,10 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="an extra OOD folder of images (repeatable); a missing path is an error")
     parser.add_argument("--save-scores", action="store_true", help="also write per-image scores to scores.npz")
     parser.add_argument("--all-blocks", action="store_true", help="also evaluate FeatureNorm at every block")
+    parser.add_argument("--benchmark", choices=list(BENCHMARKS),
+                        help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = _load(args)
     from .evaluation import run_evaluation
     from .report import summary_text
 

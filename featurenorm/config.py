@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .data.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
 from .errors import ConfigError
 
 # Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
@@ -83,6 +84,9 @@ class Config:
     cifar10: str | None = None
     cifar100: str | None = None
     places365_samples: int = 10000
+    # --- benchmark: which table of data sets (featurenorm.data.benchmarks) a run scores
+    benchmark: str = DEFAULT_BENCHMARK
+    openood_root: str | None = None
     # --- method hyperparameters
     odin_temperature: float = 1000.0
     odin_epsilon: float = 0.0014
@@ -116,6 +120,7 @@ CHOICES = {
     "loader": ("auto", "gpu", "torch"),
     "amp": ("auto", "bf16", "fp16", "fp32"),
     "criterion": ("norm_ratio", "auroc"),
+    "benchmark": tuple(BENCHMARKS),
 }
 
 
@@ -281,6 +286,10 @@ def validate(cfg: Config, source: str = "config") -> None:
         bad("selection_samples", "must be at least 1")
     if cfg.vim_dim is not None and cfg.vim_dim < 1:
         bad("vim_dim", "must be at least 1")
+    root_key = BENCHMARKS[cfg.benchmark]["root_key"]
+    if root_key and not getattr(cfg, root_key):
+        bad(root_key, f"is required with benchmark '{cfg.benchmark}': the folder holding "
+                      f"{BENCHMARKS[cfg.benchmark]['root_holds']} (e.g. --set {root_key}=./data/openood)")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -25,15 +25,17 @@ from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
 from .features import FeatureTap
 from .methods import METHODS, ModelParts, Outputs, build_method, method_names
-from .metrics import METRIC_KEYS, average_metrics, ood_metrics
+from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 from .models.blocks import candidate_blocks
 from .selection import model_device, select_block
 from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, init_distributed, progress_bar, shard, \
     shutdown_distributed
 
-CONVENTION = "ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance"
+CONVENTION = ("ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance; fpr95_openood = OpenOOD's "
+              "FPR@95, OOD positive: fraction of ID rejected at 95% OOD recall")
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
-FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes")
+FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes",
+            "benchmark", "openood_root")
 
 
 def uses_block(method: Any) -> bool:
@@ -534,8 +536,9 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
                                     amp, progress, info.is_main)
         ood_loaders = {source.name: _OODShard(open_ood(source, cfg, device, rank=info.rank,
                                                        world_size=info.world_size), info) for source in live}
+        test_split = load_split(cfg, train=False)
         try:
-            evaluation = evaluate_scores(model, _Shard(cfg, load_split(cfg, train=False), device, info), ood_loaders,
+            evaluation = evaluate_scores(model, _Shard(cfg, test_split, device, info), ood_loaders,
                                          list(built.values()), block=selected["name"] if selected else None,
                                          all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
                                          amp=amp, cfg=cfg, fitted=fit_status, progress=show)
@@ -543,15 +546,21 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             skipped.update({name: "no readable images" for name in err.names})
             raise UserError("no OOD image could be read (skipped "
                             f"{'; '.join(f'{k}: {v}' for k, v in skipped.items())}); check the OOD folders") from None
-        unreadable = {name: len(result.unreadable) for name, result in evaluation.ood_scores.items()}
+        id_kind = resolve_id_dataset(cfg)[0] if cfg.id_dataset else None
+        # listed ID test images left out (missing or not images) count under the ID set's name
+        unreadable = {id_kind: len(test_split.unreadable)} if test_split.unreadable else {}
+        unreadable.update({name: len(result.unreadable) for name, result in evaluation.ood_scores.items()})
         for name, result in list(evaluation.ood_scores.items()):
             if result.count == 0:
                 skipped[name] = "no readable images"
                 del evaluation.ood_scores[name]
-        meta = ResultsMeta(id_dataset=resolve_id_dataset(cfg)[0] if cfg.id_dataset else None, arch=cfg.arch,
-                           checkpoint=str(path), seed=cfg.seed, block=selected, skipped=skipped,
-                           unreadable=unreadable, hyperparameters=evaluation.results["hyperparameters"],
-                           fit=fit_status)
+        from .data.benchmarks import benchmark_entry
+
+        entry = benchmark_entry(cfg.benchmark, id_kind or "imagefolder")  # its groups and table layout
+        meta = ResultsMeta(id_dataset=id_kind, arch=cfg.arch, checkpoint=str(path), seed=cfg.seed, block=selected,
+                           skipped=skipped, unreadable=unreadable,
+                           hyperparameters=evaluation.results["hyperparameters"], fit=fit_status,
+                           benchmark=cfg.benchmark, groups=entry.groups, table_metrics=entry.table_metrics)
         evaluation.results = assemble_results(meta, names, evaluation.id_scores, evaluation.ood_scores,
                                               with_logits=evaluation.with_logits, all_blocks=all_blocks)
         if info.is_main:
@@ -604,6 +613,9 @@ class ResultsMeta:
     seed: int | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     unreadable: dict[str, int] = field(default_factory=dict)
+    benchmark: str | None = None
+    groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # e.g. OpenOOD's near and far
+    table_metrics: Sequence[str] = ("fpr95", "auroc")
 
 
 def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: DatasetScores,
@@ -617,6 +629,7 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
             per_set[set_name] = {**metrics, "num_ood": int(result.scores[name].numel())}
         per_set["average"] = average_metrics({k: {m: v[m] for m in METRIC_KEYS}
                                               for k, v in per_set.items()})
+        per_set.update(group_averages(per_set, meta.groups))
         methods[name] = per_set
     # without logits (FeatureNorm alone, early exit) there is no accuracy to report
     accuracy = id_scores.correct / id_scores.labelled if with_logits and id_scores.labelled else None
@@ -624,7 +637,10 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
     results: dict[str, Any] = {
         "id_dataset": meta.id_dataset, "arch": meta.arch, "id_accuracy": accuracy, "num_id": num_id,
         "checkpoint": meta.checkpoint, "seed": meta.seed, "block": meta.block, "convention": CONVENTION,
-        "skipped": meta.skipped, "unreadable": meta.unreadable, "hyperparameters": meta.hyperparameters,
+        "skipped": meta.skipped, "unreadable": meta.unreadable, "benchmark": meta.benchmark,
+        "table_metrics": list(meta.table_metrics),
+        "groups": {g: [s for s in members if s in ood_scores] for g, members in meta.groups.items()},
+        "hyperparameters": meta.hyperparameters,
         "fit": meta.fit, "methods": methods,
     }
     if all_blocks:
@@ -633,6 +649,7 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
             per_set = {s: ood_metrics(id_scores.block_norms[block].numpy(), r.block_norms[block].numpy())
                        for s, r in ood_scores.items()}
             per_set["average"] = average_metrics(per_set)
+            per_set.update(group_averages(per_set, meta.groups))
             per_block[block] = per_set
         results["per_block"] = per_block
     return results

@@ -7,7 +7,12 @@ back from a table equals the JSON value in percent exactly.
 
 Score convention (project-wide): higher score = more in-distribution; ID is the
 positive class for AUROC / AUPR-In, and FPR95 is the fraction of OOD samples
-accepted at 95% ID acceptance.
+accepted at 95% ID acceptance. ``fpr95_openood`` is OpenOOD's FPR@95 (OOD positive:
+the fraction of ID samples rejected at 95% OOD recall).
+
+Table layout: the columns named by ``results["table_metrics"]`` (default FPR95 and AUROC)
+for every OOD set, then the average; a grouped benchmark (``results["groups"]``, OpenOOD
+v1.5) puts its groups first (near, far), then every OOD set, as OpenOOD's tables do.
 """
 from __future__ import annotations
 
@@ -34,8 +39,11 @@ OOD_COLOR = "tab:orange"
 BAR_COLOR = "tab:gray"
 SELECTED_COLOR = "tab:red"
 
-# The two metrics of the paper's tables, with the direction in which they are better.
-_TABLE_METRICS = (("fpr95", "FPR95", "↓"), ("auroc", "AUROC", "↑"))
+# Table headers of the metrics, with the direction in which they are better.
+METRIC_LABELS = {"fpr95": ("FPR95", "↓"), "fpr95_openood": ("FPR@95 OpenOOD", "↓"), "auroc": ("AUROC", "↑"),
+                 "aupr_in": ("AUPR-In", "↑"), "aupr_out": ("AUPR-Out", "↑")}
+# The paper's two metrics: the table columns of results that name none.
+DEFAULT_TABLE_METRICS = ("fpr95", "auroc")
 
 
 # ---------------------------------------------------------------------------
@@ -65,14 +73,38 @@ def _methods(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(methods)
 
 
+def group_names(results: Mapping[str, Any]) -> list[str]:
+    """The benchmark's groups of OOD sets (``near``, ``far``), in report order; none for the paper's."""
+    groups = results.get("groups") if isinstance(results, Mapping) else None
+    return list(groups) if isinstance(groups, Mapping) else []
+
+
 def ood_set_names(results: Mapping[str, Any]) -> list[str]:
-    """OOD set names in benchmark order: first appearance over the methods, ``average`` excluded."""
+    """OOD set names in benchmark order: first appearance over the methods, ``average`` and groups excluded."""
     names: list[str] = []
+    excluded = {AVERAGE_KEY, *group_names(results)}
     for per_set in _methods(results).values():
         for name in per_set:
-            if name != AVERAGE_KEY and name not in names:
+            if name not in excluded and name not in names:
                 names.append(name)
     return names
+
+
+def table_metrics(results: Mapping[str, Any]) -> list[str]:
+    """The metric columns of the tables: ``results["table_metrics"]``, else the paper's FPR95 and AUROC."""
+    metrics = results.get("table_metrics") or DEFAULT_TABLE_METRICS
+    unknown = [m for m in metrics if m not in METRIC_LABELS]
+    if unknown:
+        raise UserError(f"results name an unknown table metric '{unknown[0]}'; valid: {', '.join(METRIC_LABELS)}")
+    return list(metrics)
+
+
+def table_columns(results: Mapping[str, Any]) -> list[str]:
+    """Column groups in order: OpenOOD's layout (groups, then sets) or the paper's (sets, then average)."""
+    groups = group_names(results)
+    if groups:
+        return groups + ood_set_names(results)
+    return ood_set_names(results) + [AVERAGE_KEY]
 
 
 def _metric(per_set: Mapping[str, Any], set_name: str, metric: str) -> Any:
@@ -113,8 +145,7 @@ def _to_jsonable(obj: Any) -> Any:
 
 def _table_rows(results: Mapping[str, Any], missing: str) -> tuple[list[tuple[str, str]], list[list[str]]]:
     """Column keys (set, metric) and one row of formatted percent strings per method."""
-    columns = [(name, metric) for name in ood_set_names(results) for metric, _, _ in _TABLE_METRICS]
-    columns += [(AVERAGE_KEY, metric) for metric, _, _ in _TABLE_METRICS]
+    columns = [(name, metric) for name in table_columns(results) for metric in table_metrics(results)]
     rows = []
     for method, per_set in _methods(results).items():
         rows.append([method] + [_format_percent(_metric(per_set, name, metric), missing)
@@ -124,15 +155,15 @@ def _table_rows(results: Mapping[str, Any], missing: str) -> tuple[list[tuple[st
 
 def _markdown_table(results: Mapping[str, Any]) -> str:
     columns, rows = _table_rows(results, missing="-")
-    arrows = {metric: (label, arrow) for metric, label, arrow in _TABLE_METRICS}
     header = ["Method"]
     for name, metric in columns:
-        label, arrow = arrows[metric]
+        label, arrow = METRIC_LABELS[metric]
         header.append(f"{'Average' if name == AVERAGE_KEY else name} {label}{arrow}")
 
     accuracy = to_percent(results.get("id_accuracy"))
+    benchmark = f"benchmark: {results['benchmark']} | " if results.get("benchmark") else ""
     lines = [
-        f"ID: {results.get('id_dataset', 'n/a')} | arch: {results.get('arch', 'n/a')} | "
+        f"{benchmark}ID: {results.get('id_dataset', 'n/a')} | arch: {results.get('arch', 'n/a')} | "
         f"block: {_block_label(results)} | ID accuracy: "
         f"{'n/a' if accuracy is None else f'{accuracy:.2f}%'} | "
         f"{results.get('convention', 'ID positive')}; values in %",
@@ -142,6 +173,10 @@ def _markdown_table(results: Mapping[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
 
+    groups = results.get("groups") or {}
+    if groups:
+        lines += ["", "Groups: " + "; ".join(f"{name} = {', '.join(members) or 'none scored'}"
+                                            for name, members in groups.items())]
     skipped = results.get("skipped") or {}
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{name} ({why})" for name, why in skipped.items())]
@@ -158,10 +193,12 @@ def _csv_table(results: Mapping[str, Any]) -> str:
 
 
 def results_table(results: dict, fmt: str = "md") -> str:
-    """Render results in the paper's table layout, metrics in percent with 2 decimals.
+    """Render results as a table, metrics in percent with 2 decimals.
 
-    One row per method (order of ``results["methods"]``); for each OOD set (benchmark
-    order) an FPR95 and an AUROC column, then the averages. Missing values are ``-``
+    One row per method (order of ``results["methods"]``). Paper layout: for each OOD set
+    (benchmark order) an FPR95 and an AUROC column, then the averages. OpenOOD layout
+    (results with ``groups``): near, far, then each OOD set, with the metrics of
+    ``results["table_metrics"]`` (FPR@95 OpenOOD and AUROC). Missing values are ``-``
     in Markdown and empty in CSV.
 
     Args:
@@ -212,15 +249,17 @@ def _best_methods(values: Mapping[str, float | None]) -> set[str]:
 def summary_text(results: dict) -> str:
     """Compact fixed-width table for stdout, metrics in percent.
 
-    Rows are methods; columns are average FPR95, AUROC and AUPR-In, plus the AUROC
-    of each OOD set when there are at most 6 sets. The best average AUROC is marked
-    with ``*`` (all of them on a tie).
+    Rows are methods; columns are average FPR95, AUROC and AUPR-In, the AUROC of each
+    group (near, far) when the benchmark has groups, plus the AUROC of each OOD set when
+    there are at most 6 sets. The best average AUROC is marked with ``*`` (all of them
+    on a tie).
     """
     methods = _methods(results)
     set_names = ood_set_names(results)
     per_set_columns = set_names if len(set_names) <= 6 else []
     columns = [("avg FPR95", AVERAGE_KEY, "fpr95"), ("avg AUROC", AVERAGE_KEY, "auroc"),
                ("avg AUPR-In", AVERAGE_KEY, "aupr_in")]
+    columns += [(f"{name} AUROC", name, "auroc") for name in group_names(results)]
     columns += [(f"{name} AUROC", name, "auroc") for name in per_set_columns]
 
     best = _best_methods({method: to_percent(_metric(per_set, AVERAGE_KEY, "auroc"))

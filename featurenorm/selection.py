@@ -408,10 +408,9 @@ def _selection_loader(cfg, split, index: torch.Tensor, permutations: torch.Tenso
         return _Paired(loader, permutations, batch_size)
     from torch.utils.data import DataLoader, Subset
 
-    from .data.datasets import folder_samples
     from .data.images import ImageListDataset, eval_transform
 
-    dataset = Subset(ImageListDataset(folder_samples(split.folder), eval_transform(cfg)), index.tolist())
+    dataset = Subset(ImageListDataset(split.image_samples(), eval_transform(cfg)), index.tolist())
     loader = _MovedLoader(DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers,
                                      pin_memory=device.type == "cuda"), device)
     return _Paired(loader, permutations, batch_size)

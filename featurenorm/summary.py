@@ -23,26 +23,29 @@ METRIC_LABELS = {"fpr95": "FPR95", "auroc": "AUROC"}
 
 @dataclass(frozen=True)
 class MeanStd:
-    """Mean and sample std (ddof=1; 0 when ``n == 1``) of ``n`` values."""
+    """Mean and std (sample, ddof=1, unless asked otherwise; 0 when ``n == 1``) of ``n`` values."""
 
     mean: float
     std: float
     n: int
 
 
-def mean_std(values: Sequence[float]) -> MeanStd:
-    """Mean and sample standard deviation of ``values``.
+def mean_std(values: Sequence[float], ddof: int = 1) -> MeanStd:
+    """Mean and standard deviation of ``values``.
 
-    std = sqrt(sum_i (x_i - mean)^2 / (n - 1)), the unbiased-variance (ddof=1) estimate across
-    runs; with a single run there is no spread to estimate and std is reported as 0.
+    std = sqrt(sum_i (x_i - mean)^2 / (n - ddof)). The default ddof=1 is the sample
+    (Bessel-corrected) estimate across runs; ddof=0 is the population std that OpenOOD reports
+    (``numpy.std``). With a single run there is no spread to estimate and std is reported as 0.
     """
     n = len(values)
     if n == 0:
         raise ValueError("mean_std needs at least one value")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 or 1, got {ddof}")
     mean = math.fsum(values) / n
     if n == 1:
         return MeanStd(mean, 0.0, 1)
-    variance = math.fsum((x - mean) ** 2 for x in values) / (n - 1)
+    variance = math.fsum((x - mean) ** 2 for x in values) / (n - ddof)
     return MeanStd(mean, math.sqrt(variance), n)
 
 
@@ -96,8 +99,9 @@ def load_results_files(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any
 
 
 def _ood_sets(results: Mapping[str, Any]) -> list[str]:
-    """The OOD sets every method of one run has, in that run's (benchmark) order."""
-    per_method = [[d for d in table if d != AVERAGE] for table in results["methods"].values()]
+    """The OOD sets every method of one run has, in that run's (benchmark) order (no average, no groups)."""
+    excluded = {AVERAGE, *(results.get("groups") or {})}
+    per_method = [[d for d in table if d not in excluded] for table in results["methods"].values()]
     first = per_method[0]
     return [d for d in first if all(d in sets for sets in per_method[1:])]
 

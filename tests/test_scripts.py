@@ -211,3 +211,82 @@ def test_reproduce_unknown_arch_lists_the_three():
     out = run_bash("reproduce_cifar10.sh", "resnet50")
     assert out.returncode == 2
     assert out.stderr.strip() == "error: unknown arch 'resnet50'; the paper's CIFAR-10 archs are: resnet18 wrn28_10 vgg11"
+
+
+# --- OpenOOD v1.5: download_data.sh --only openood, reproduce_openood.sh
+
+OPENOOD_PARTS = ["openood-imglist", "openood-cifar10", "openood-cifar100", "openood-tin", "openood-mnist",
+                 "openood-svhn", "openood-texture", "openood-places365", "openood-checkpoints"]
+OPENOOD_CKPT = "cifar10_resnet18_32x32_base_e100_lr0.1_default"
+
+
+def test_download_openood_without_mirror_says_what_to_fetch_and_where(tmp_path):
+    dest = tmp_path / "data"
+    (dest / "openood" / "images_classic" / "mnist").mkdir(parents=True)
+    (dest / "openood" / "images_classic" / "mnist" / "a.png").write_bytes(b"png")
+    out = run_bash("download_data.sh", str(dest), "--only", "openood")  # Google Drive: nothing is fetched
+    assert out.returncode == 1
+    assert f"skip openood-mnist: already present at {dest}/openood/images_classic/mnist" in out.stdout
+    missing = [p for p in OPENOOD_PARTS if p != "openood-mnist"]
+    assert f"error: 8 dataset(s) missing: {' '.join(missing)}" in out.stderr
+    assert (f"--contents datasets checkpoints --datasets cifar-10 --checkpoints cifar10_res18_v1.5 "
+            f"--save_dir {dest}/openood {dest}/openood/results") in out.stderr
+    hints = {line.split(":")[0].strip(): line for line in out.stderr.splitlines() if line.startswith("  openood-")}
+    assert ("https://drive.google.com/uc?export=download&id=1lI1j0_fDDvjIt9JlWAw09X8ks-yrR_H1 as benchmark_imglist.zip"
+            in hints["openood-imglist"])
+    assert f"so that {dest}/openood/benchmark_imglist/cifar10/test_cifar10.txt exists" in hints["openood-imglist"]
+    assert f"so that {dest}/openood/results/{OPENOOD_CKPT}/s0/best.ckpt exists" in hints["openood-checkpoints"]
+    assert sorted(p.name for p in dest.iterdir()) == ["openood"]  # nothing half-written
+    dry = run_bash("download_data.sh", str(dest), "--only", "openood-tin", "--dry-run")
+    assert dry.returncode == 0 and "would need openood-tin by hand: " in dry.stdout
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_download_openood_from_mirror_installs_layout(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    make_zip(mirror / "benchmark_imglist.zip",
+             {"benchmark_imglist/cifar10/test_cifar10.txt": b"cifar10/test/a.png 0\n"})
+    make_zip(mirror / "texture.zip", {"test/b.png": b"b"})  # no top-level folder: the content is the set
+    make_zip(mirror / "cifar10_res18_v1.5.zip", {f"{OPENOOD_CKPT}/s0/best.ckpt": b"ckpt"})
+    dest = tmp_path / "data"
+    out = run_bash("download_data.sh", str(dest), "--only", "openood-imglist,openood-texture,openood-checkpoints",
+                   env={"FEATURENORM_DATA_MIRROR": f"file://{mirror}"})
+    assert out.returncode == 0, out.stderr
+    root = dest / "openood"
+    assert (root / "benchmark_imglist" / "cifar10" / "test_cifar10.txt").read_text() == "cifar10/test/a.png 0\n"
+    assert (root / "images_classic" / "texture" / "test" / "b.png").read_bytes() == b"b"
+    assert (root / "results" / OPENOOD_CKPT / "s0" / "best.ckpt").read_bytes() == b"ckpt"
+    assert sorted(p.name for p in dest.iterdir()) == ["openood"]  # archives and scratch folders removed
+
+
+def test_reproduce_openood_dry_run_prints_the_chain():
+    out = run_bash("reproduce_openood.sh", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    py = ".venv/bin/python" if (REPO / ".venv/bin/python").exists() else "python"
+    expected = []
+    for seed in (0, 1, 2):
+        common = (f"--config conf/openood_cifar10.json --checkpoint ./data/openood/results/{OPENOOD_CKPT}/s{seed}/"
+                  f"best.ckpt --set openood_root=./data/openood --set save_path=runs/openood_cifar10/s{seed}")
+        expected += [f"+ {py} select_block.py {common}",
+                     f"+ {py} eval_ood.py {common} --benchmark openood_v1.5 --methods all"]
+    results = " ".join(f"runs/openood_cifar10/s{seed}/ood_results.json" for seed in (0, 1, 2))
+    expected.append(f"+ {py} scripts/compare_openood.py {results}")
+    assert out.stdout.splitlines() == expected
+
+
+def test_reproduce_openood_without_data_says_what_to_download(tmp_path):
+    out = run_bash("reproduce_openood.sh", str(tmp_path / "data"))
+    assert out.returncode == 1
+    assert out.stdout == ""  # no command ran
+    assert out.stderr.startswith(f"error: OpenOOD's data is incomplete under {tmp_path}/data/openood; missing: ")
+    assert f"{tmp_path}/data/openood/results/{OPENOOD_CKPT}/s2/best.ckpt" in out.stderr
+    assert "openood-checkpoints: download https://drive.google.com/" in out.stderr
+    assert run_bash("reproduce_openood.sh", "a", "b").returncode == 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -35,18 +35,24 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
 
 @dataclass
 class Split:
-    """One split of an ID dataset: either in-memory arrays or an ImageFolder on disk."""
+    """One split of an ID dataset: in-memory arrays, an ImageFolder, or an image list on disk."""
 
     name: str                                # cifar10 | cifar100 | digits | imagefolder
     images: Optional[torch.Tensor] = None    # (N, 3, H, W) uint8, array datasets only
     labels: Optional[torch.Tensor] = None    # (N,) int64
     folder: Optional[Path] = None            # ImageFolder split root
     classes: Optional[list[str]] = None
+    samples: Optional[list[tuple[str, int]]] = None  # (path, label) read from an image list
+    unreadable: list[str] = field(default_factory=list)  # listed files left out (missing or not images)
 
     def __len__(self) -> int:
         if self.images is not None:
             return len(self.images)
-        return len(folder_samples(self.folder))
+        return len(self.image_samples())
+
+    def image_samples(self) -> list[tuple[str, int]]:
+        """``(path, label)`` of an on-disk split: the listed samples, else every image under ``folder``."""
+        return self.samples if self.samples is not None else folder_samples(self.folder)
 
 
 def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
@@ -79,9 +85,20 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
 
 
 def load_split(cfg: Config, train: bool) -> Split:
-    """Load the train or test split of the config's ID dataset, checking ``num_classes``."""
+    """Load the train or test split of the config's ID dataset, checking ``num_classes``.
+
+    When the config's benchmark lists its ID images (OpenOOD v1.5), the split is read from that
+    list instead of from our own copy of the dataset.
+    """
+    from .benchmarks import benchmark_entry
+
     kind, root = resolve_id_dataset(cfg)
-    if kind == "digits":
+    entry = benchmark_entry(cfg.benchmark, kind)
+    if entry.id_lists:
+        from .imglist import load_list_split
+
+        split = load_list_split(cfg, entry, train)
+    elif kind == "digits":
         split = load_digits(train, cfg.image_size)
     elif kind in CIFAR_FOLDERS:
         split = load_cifar(kind, root, train, cfg.download)

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
-from .datasets import Split, folder_samples, is_image_file
+from .benchmarks import BENCHMARKS
+from .datasets import Split, is_image_file
 
 
 def to_rgb(img):
@@ -46,10 +47,20 @@ def read_rgb(path: str | os.PathLike):
 
 
 def eval_transform(cfg: Config) -> Callable:
-    """Resize to ``image_size`` x ``image_size``, to tensor, normalize: the same for ID test and OOD."""
+    """Resize to ``image_size`` x ``image_size``, to tensor, normalize: the same for ID test and OOD.
+
+    The resize follows the config's benchmark: ``stretch`` scales both sides to ``image_size``;
+    ``shorter_side_crop`` (OpenOOD) scales the shorter side to it, then crops the center square.
+    The two agree on square images.
+    """
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize((cfg.image_size, cfg.image_size)), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+    size = cfg.image_size
+    if BENCHMARKS[cfg.benchmark]["resize"] == "shorter_side_crop":
+        resize = [T.Resize(size), T.CenterCrop(size)]
+    else:
+        resize = [T.Resize((size, size))]
+    return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
 def train_transform(cfg: Config) -> Callable:
@@ -98,7 +109,7 @@ def split_dataset(split: Split, cfg: Config, train: bool) -> Dataset:
     transform = train_transform(cfg) if train else eval_transform(cfg)
     if split.images is not None:
         return ArrayDataset(split.images, split.labels, transform)
-    return ImageListDataset(folder_samples(split.folder), transform)
+    return ImageListDataset(split.image_samples(), transform)
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -127,6 +138,15 @@ class TolerantImageDataset(Dataset):
     def __getitem__(self, i: int):
         try:
             return self.transform(read_rgb(self.paths[i])), i, True
-        except Exception:  # any decoder error: truncated, not an image, unsupported
-            probe = self.transform.transforms[0].size if hasattr(self.transform, "transforms") else (1, 1)
-            return torch.zeros(3, *probe), i, False
+        except Exception:  # any decoder error: missing, truncated, not an image, unsupported
+            return torch.zeros(3, *self._output_size()), i, False
+
+    def _output_size(self) -> tuple[int, int]:
+        """(H, W) the transform produces: the size of its last Resize/CenterCrop (an int means square)."""
+        sizes = [t.size for t in getattr(self.transform, "transforms", []) if hasattr(t, "size")]
+        if not sizes:
+            return (1, 1)
+        size = sizes[-1]
+        if isinstance(size, int):
+            return (size, size)
+        return (size[0], size[-1])

@@ -1,10 +1,11 @@
 """OOD test sets: which ones a run scores, and batches of their images on the device.
 
-The benchmarks are data, not code: :data:`BENCHMARKS` lists, per ID dataset, the OOD sets in
-the order the paper reports them (Yu et al., CVPR 2023, Tables 1-2): the six far-OOD sets
-SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and Places365, then the near-OOD CIFAR set
-(CIFAR-100 for CIFAR-10 and vice versa). A set takes part only when its config key names a
-path, or when ``--ood name=path`` names it on the command line.
+The benchmarks are data, not code: :data:`~featurenorm.data.benchmarks.BENCHMARKS` lists, per
+benchmark and ID dataset, the OOD sets in report order. The ``paper`` benchmark follows Yu et al.,
+CVPR 2023, Tables 1-2: the six far-OOD sets SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and
+Places365, then the near-OOD CIFAR set (CIFAR-100 for CIFAR-10 and vice versa); a set takes part
+only when its config key names a path, or when ``--ood name=path`` names it on the command line.
+The ``openood_v1.5`` benchmark reads every set from OpenOOD's image lists under ``openood_root``.
 
 Kinds of source:
 
@@ -12,10 +13,12 @@ Kinds of source:
 - ``cifar10`` / ``cifar100``: the folder holding torchvision's ``cifar-10-batches-py`` /
   ``cifar-100-python`` (the test split is scored);
 - ``folder``: any folder of images, nested folders allowed; every other set, and also an
-  ``svhn``/``cifar`` path that holds no such file but images.
+  ``svhn``/``cifar`` path that holds no such file but images;
+- ``imglist``: an image list (:mod:`featurenorm.data.imglist`); its paths are relative to
+  ``image_dir``. Missing and unreadable listed files are skipped and counted, as in a folder.
 
-Every image goes through the ID test preprocessing: RGB, resized to ``image_size``,
-normalized with the config's ``mean``/``std``.
+Every image goes through the ID test preprocessing: RGB, resized to ``image_size`` (as the
+benchmark's ``resize`` says), normalized with the config's ``mean``/``std``.
 
 Distributed runs shard every set *strided*: rank ``r`` of ``w`` scores the images
 ``index[r::w]`` (:func:`shard_indices`). :func:`merge_shards` puts per-rank score arrays,
@@ -35,23 +38,15 @@ import torch
 
 from ..config import Config
 from ..errors import UserError
+from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry  # noqa: F401
 from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, Split, is_image_file, load_cifar
-
-FAR_OOD = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365")
-BENCHMARKS: dict[str, list[str]] = {
-    "cifar10": [*FAR_OOD, "cifar100"],
-    "cifar100": [*FAR_OOD, "cifar10"],
-    # no paper benchmark: the same far-OOD sets, and either CIFAR set when configured
-    "digits": [*FAR_OOD, "cifar10", "cifar100"],
-    "imagefolder": [*FAR_OOD, "cifar10", "cifar100"],
-}
 SVHN_TEST_FILE = "test_32x32.mat"
 # Seed of the Places365 subsample: fixed, independent of the run's seed, so that every run
 # (and every method and checkpoint compared) scores the same images.
 PLACES365_SUBSAMPLE_SEED = 0
 MAX_LISTED_UNREADABLE = 10
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_RESERVED_NAMES = ("average",)  # a key of the results tables
+_RESERVED_NAMES = ("average", *GROUP_NAMES)  # keys of the results tables
 
 
 class UnreadableImagesWarning(UserWarning):
@@ -64,21 +59,24 @@ class OODSource:
 
     Attributes:
         name: ``svhn``, ``textures``, ..., or a custom name from ``--ood name=path``.
-        kind: ``svhn`` | ``cifar10`` | ``cifar100`` | ``folder``.
-        path: the folder (for ``svhn``/``cifar*``: the one holding torchvision's files).
+        kind: ``svhn`` | ``cifar10`` | ``cifar100`` | ``folder`` | ``imglist``.
+        path: the folder (for ``svhn``/``cifar*``: the one holding torchvision's files), or the
+            list file of an ``imglist``.
         explicit: named on the command line (then problems raise instead of skipping the set).
+        image_dir: the folder an ``imglist``'s paths are relative to.
     """
 
     name: str
     kind: str
     path: Path
     explicit: bool = False
+    image_dir: Optional[Path] = None
 
 
 # ------------------------------------------------------------------------------------- resolving
-def benchmark_names(id_kind: str) -> list[str]:
+def benchmark_names(id_kind: str, benchmark: str = DEFAULT_BENCHMARK) -> list[str]:
     """The OOD set names scored against ``id_kind``, in report order (the tables never list the ID set)."""
-    return list(BENCHMARKS.get(id_kind, BENCHMARKS["imagefolder"]))
+    return list(benchmark_entry(benchmark, id_kind).ood)
 
 
 def parse_ood_spec(text: str) -> tuple[str, str]:
@@ -120,7 +118,9 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
                         ) -> tuple[list[OODSource], dict[str, str]]:
     """The OOD sets of a run, from the config keys and ``--ood name=path`` specs.
 
-    Config keys come in benchmark order; a configured path that does not exist is skipped
+    A benchmark that lists its sets (OpenOOD v1.5) gives every set from its list file under the
+    benchmark's root, and a missing list file is an error; the OOD path keys are then unused.
+    Otherwise config keys come in benchmark order; a configured path that does not exist is skipped
     with a reason. A spec replaces the configured set of the same name (keeping its place)
     or adds a new one at the end; its path must exist. A CIFAR key equal to ``id_kind`` is
     the ID dataset, never an OOD set.
@@ -132,10 +132,18 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
     Returns:
         ``(sources, skipped)``: sources in report order; skipped maps name -> reason.
     """
-    configured = cfg.ood_paths()
-    order = benchmark_names(id_kind)
+    entry = benchmark_entry(cfg.benchmark, id_kind)
+    configured = {} if entry.ood_lists else cfg.ood_paths()
+    order = list(entry.ood)
     by_name: dict[str, OODSource] = {}
     skipped: dict[str, str] = {}
+    if entry.ood_lists:
+        from .imglist import benchmark_root, list_path
+
+        image_dir = benchmark_root(cfg, entry) / entry.image_dir
+        for name in order:
+            by_name[name] = OODSource(name, "imglist", list_path(cfg, entry, entry.ood_lists[name]),
+                                      image_dir=image_dir)
     for name in order:
         raw = configured.get(name)
         if raw is None:
@@ -189,7 +197,12 @@ def check_ood_source(source: OODSource) -> Optional[str]:
     A problem with a set named on the command line raises UserError instead of returning.
     """
     reason = None
-    if not source.path.is_dir():
+    if source.kind == "imglist":
+        if not source.path.is_file():
+            reason = f"image list {source.path} not found"
+        elif not source.path.read_text().strip():
+            reason = f"image list {source.path} is empty"
+    elif not source.path.is_dir():
         reason = f"path {source.path} not found"
     elif source.kind == "svhn" and not (source.path / SVHN_TEST_FILE).is_file():
         reason = f"no {SVHN_TEST_FILE} in {source.path}"
@@ -250,11 +263,12 @@ def subsample_paths(paths: Sequence[str], k: int, seed: int = PLACES365_SUBSAMPL
     return [ordered[i] for i in sorted(chosen.tolist())]
 
 
-def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE) -> str:
-    """One message naming at most ``limit`` unreadable files, then ``and N more``."""
+def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE,
+                        what: str = "OOD set") -> str:
+    """One message naming at most ``limit`` unreadable (or missing) files, then ``and N more``."""
     listed = ", ".join(paths[:limit])
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return f"OOD set '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
+    return f"{what} '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -286,7 +300,8 @@ class OODData:
     Attributes:
         name: the set's name.
         kind: the source kind.
-        paths: every image path of the set (after the Places365 subsample), folders only; else None.
+        paths: every image path of the set (after the Places365 subsample), folders and lists only;
+            else None.
         total_images: size of the whole set, all ranks together.
         shard: (n_rank,) int64 indices of this rank's images.
         indices: (num_images,) int64 indices of the images yielded, in yield order, so that
@@ -307,7 +322,7 @@ class OODData:
         self.paths: Optional[list[str]] = None
         self.unreadable: list[str] = []
         self._warned = False
-        if source.kind == "folder":
+        if source.kind in ("folder", "imglist"):
             self.paths = self._list_folder(source)
             self.total_images = len(self.paths)
             self.shard = shard_indices(self.total_images, rank, world_size)
@@ -331,6 +346,10 @@ class OODData:
     def _list_folder(self, source: OODSource) -> list[str]:
         from .images import list_images
 
+        if source.kind == "imglist":  # every listed file; missing ones count as unreadable when read
+            from .imglist import read_image_list
+
+            return [path for path, _ in read_image_list(source.path, source.image_dir)]
         paths = list_images(source.path)
         if source.name == "places365":
             paths = subsample_paths(paths, self.cfg.places365_samples)
