@@ -5,6 +5,7 @@ import contextlib
 import functools
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    grouped: bool = False  # joined a process group: every torchrun job, even one of a single process
 
     @property
     def is_main(self) -> bool:
@@ -29,7 +31,8 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether the ranks work through a process group (DDP, gathers, all-reduces)."""
+        return self.grouped or self.world_size > 1
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -48,15 +51,22 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(cfg: Config) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on GPUs, gloo on CPU)."""
+    """Join the process group (NCCL on GPUs, gloo on CPU) when torchrun started this process or ``WORLD_SIZE`` > 1.
+
+    A one-process torchrun job joins too, so that it runs the same DDP and collective code as a
+    larger one (on a single GPU that is the only way to exercise NCCL). Rank 0 says so on stderr.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    info = Dist(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    grouped = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it, also for one process
+    info = Dist(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")), grouped)
     device = resolve_device(cfg.device, info.local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    if grouped and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
+        if info.is_main:
+            print(f"process group: backend {backend}, world size {world_size}", file=sys.stderr, flush=True)
     return info, device
 
 
@@ -96,8 +106,6 @@ def git_commit() -> str | None:
 
 def progress_bar(**kwargs):
     """A tqdm bar that redraws often on a terminal and rarely in a log file."""
-    import sys
-
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()

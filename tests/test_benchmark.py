@@ -108,3 +108,9 @@ def test_table_lists_every_figure_with_its_verdict():
     report["machine"].update(load_average_before=1.5, cpu_count=2)
     assert format_table(report).splitlines()[8] == ("warning: the load average was 1.5 on 2 CPUs before the run; "
                                                     "other processes may have been busy, so the figures may be noisy")
+
+
+def test_run_benchmark_refuses_an_unknown_figure_before_measuring():
+    # the subset itself is measured by tests/test_gpu_check.py (one figure per step)
+    with pytest.raises(ValueError, match="unknown benchmark figure 'speed'; valid: eval_scoring_vs_forward"):
+        benchmark.run_benchmark(benchmark.BenchSettings(), figures=("selection_vs_forward", "speed"))
