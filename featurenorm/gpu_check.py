@@ -527,7 +527,7 @@ def step_select_block(ctx: CheckContext, result: StepResult) -> None:
     checkpoint = ctx.checkpoint()
     count = ctx.sizes.selection_images
     started = time.perf_counter()
-    selection = run_selection(cfg, str(checkpoint), num_samples=count, progress=ctx.progress)
+    selection = run_selection(cfg, str(checkpoint), num_samples=count, progress=ctx.progress).to_dict()
     seconds = time.perf_counter() - started
     # the baseline: as many images through the bare model, each batch doubled as selection doubles
     # it with the puzzles (the pixels do not matter to the speed)
@@ -568,11 +568,11 @@ def step_eval_ood(ctx: CheckContext, result: StepResult) -> None:
     # without step 3's block_selection.json, score FeatureNorm at a fixed block rather than fail too
     block = None if (cfg.save_dir / "block_selection.json").is_file() else "layer4.0"
     started = time.perf_counter()
-    results = run_evaluation(cfg, str(checkpoint), "all", block, progress=ctx.progress)
+    results = run_evaluation(cfg, str(checkpoint), "all", block, progress=ctx.progress).results
     seconds = time.perf_counter() - started
     methods = results["methods"]
     first = next(iter(methods.values()))
-    num_ood = {name: first[name]["num_ood"] for name in first if name != "average"}
+    num_ood = {name: first[name]["num_ood"] for name in first if "num_ood" in first[name]}
     images = results["num_id"] + sum(num_ood.values())
     finite = all(math.isfinite(per_set[name][key]) for per_set in methods.values() for name in per_set
                  for key in METRIC_KEYS)

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
-# Let `python scripts/compare_openood.py` find the package without installing it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featurenorm.errors import run_cli  # noqa: E402
-from featurenorm.openood import compare_with_openood, format_openood_comparison  # noqa: E402
-from featurenorm.summary import load_results_files  # noqa: E402
+from featurenorm.errors import run_cli
+from featurenorm.openood import compare_with_openood, format_openood_comparison
+from featurenorm.summary import load_results_files
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
