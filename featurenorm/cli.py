@@ -13,11 +13,43 @@ from typing import Sequence
 
 from .config import load_config
 from .data.benchmarks import BENCHMARKS
-from .errors import add_common_arguments, is_main_process, run_cli
+from .errors import UserError, add_common_arguments, is_main_process, run_cli
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags the three tools share: ``--config``, ``--set``, ``--no-progress``, ``--debug``, ``--plugin``."""
+    add_common_arguments(parser)
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a Python module (dotted name or .py file) first, so that the models and methods "
+                             "it registers can be named (repeatable)")
+
+
+def import_plugins(specs: Sequence[str]) -> None:
+    """Import each ``--plugin``: a dotted module name or a path to a ``.py`` file. Its registrations
+    (``register_model``, ``register_method``, ...) run on import."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    for spec in specs:
+        path = Path(spec)
+        if spec.endswith(".py"):
+            if not path.is_file():
+                raise UserError(f"--plugin '{spec}' not found; pass an existing .py file or a module name")
+            loader_spec = importlib.util.spec_from_file_location(f"featurenorm_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[loader_spec.name] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(spec)
+            except ModuleNotFoundError as err:
+                raise UserError(f"--plugin '{spec}': {err}; pass a module on PYTHONPATH or a .py file") from None
 
 
 def _load(args: argparse.Namespace):
-    """The config with its ``--set`` overrides; ``--benchmark`` is one more override."""
+    """Import the plugins, then load the config with its ``--set`` overrides (``--benchmark`` is one more)."""
+    import_plugins(args.plugin)
     benchmark = getattr(args, "benchmark", None)
     return load_config(args.config, list(args.set) + ([f"benchmark={benchmark}"] if benchmark else []))
 
@@ -25,11 +57,11 @@ def _load(args: argparse.Namespace):
 def train_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="train.py",
                                      description="Train a CIFAR-style classifier for FeatureNorm OOD detection.")
-    add_common_arguments(parser)
+    _add_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue from <save_path>/last.pt")
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = _load(args)
     from .engine import StopRequested, train  # imports torch: after the config is known to be good
 
     try:
@@ -46,7 +78,7 @@ def select_main(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="select_block.py",
                                      description="NormRatio block selection with jigsaw pseudo-OOD images.")
-    add_common_arguments(parser)
+    _add_arguments(parser)
     parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt); foreign state_dicts "
                                              "and OpenOOD checkpoints are accepted for the configured arch")
     parser.add_argument("--num-samples", type=int, help="use a seeded subsample of N ID training images (default: all)")
@@ -73,7 +105,7 @@ def eval_main(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="eval_ood.py", description="OOD evaluation: FPR95, AUROC, AUPR-In/Out "
                                                                       "for each method and OOD set.")
-    add_common_arguments(parser)
+    _add_arguments(parser)
     parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt); foreign state_dicts "
                                              "and OpenOOD checkpoints are accepted for the configured arch")
     parser.add_argument("--methods", default="all", help=f"comma-separated, or all (default): {','.join(method_names())}")
