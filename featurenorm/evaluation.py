@@ -25,14 +25,13 @@ from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
 from .features import FeatureTap
 from .methods import METHODS, ModelParts, Outputs, build_method, method_names
+from .results import AVERAGE, CONVENTION, DEFAULT_TABLE_METRICS
 from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 from .models.blocks import candidate_blocks
 from .selection import model_device, select_block
 from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, init_distributed, progress_bar, shard, \
     shutdown_distributed
 
-CONVENTION = ("ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance; fpr95_openood = OpenOOD's "
-              "FPR@95, OOD positive: fraction of ID rejected at 95% OOD recall")
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
 FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes",
             "benchmark", "openood_root")
@@ -615,7 +614,7 @@ class ResultsMeta:
     unreadable: dict[str, int] = field(default_factory=dict)
     benchmark: str | None = None
     groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # e.g. OpenOOD's near and far
-    table_metrics: Sequence[str] = ("fpr95", "auroc")
+    table_metrics: Sequence[str] = DEFAULT_TABLE_METRICS
 
 
 def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: DatasetScores,
@@ -627,7 +626,7 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
         for set_name, result in ood_scores.items():
             metrics = ood_metrics(id_scores.scores[name].numpy(), result.scores[name].numpy())
             per_set[set_name] = {**metrics, "num_ood": int(result.scores[name].numel())}
-        per_set["average"] = average_metrics({k: {m: v[m] for m in METRIC_KEYS}
+        per_set[AVERAGE] = average_metrics({k: {m: v[m] for m in METRIC_KEYS}
                                               for k, v in per_set.items()})
         per_set.update(group_averages(per_set, meta.groups))
         methods[name] = per_set
@@ -648,7 +647,7 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
         for block in id_scores.block_norms:
             per_set = {s: ood_metrics(id_scores.block_norms[block].numpy(), r.block_norms[block].numpy())
                        for s, r in ood_scores.items()}
-            per_set["average"] = average_metrics(per_set)
+            per_set[AVERAGE] = average_metrics(per_set)
             per_set.update(group_averages(per_set, meta.groups))
             per_block[block] = per_set
         results["per_block"] = per_block

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
+from .results import AVERAGE, to_percent
 
 PAPER_RESULTS_PATH = Path(__file__).with_name("paper_results.json")
 
 # Key of the per-method average in both the paper data and our ood_results.json.
-AVERAGE = "average"
 
 
 def load_paper_results() -> dict[str, Any]:
@@ -74,11 +74,6 @@ def paper_selected_block(arch: str) -> PaperBlock:
     _check_arch(arch, paper)
     entry = paper["selected_blocks"][arch]
     return PaperBlock(name=str(entry["block"]), index=int(entry["index"]), num_blocks=int(entry["of"]))
-
-
-def to_percent(fraction: float) -> float:
-    """Our metric (a fraction in [0, 1]) as a percentage rounded to the paper's 2 decimals."""
-    return round(100.0 * float(fraction), 2)
 
 
 def point_difference(ours_percent: float, paper_percent: float) -> float:

@@ -28,66 +28,27 @@ import numpy as np
 
 from featurenorm.errors import UserError
 from featurenorm.io import atomic_path, write_text
+from featurenorm.results import (AVERAGE, DEFAULT_TABLE_METRICS, METRIC_LABELS, methods_of, group_names,
+                                 ood_set_names, to_percent)
 
 if TYPE_CHECKING:  # pyplot is imported lazily so that importing this module stays cheap
     from matplotlib.figure import Figure
 
 DPI = 120
-AVERAGE_KEY = "average"
 ID_COLOR = "tab:blue"
 OOD_COLOR = "tab:orange"
 BAR_COLOR = "tab:gray"
 SELECTED_COLOR = "tab:red"
 
-# Table headers of the metrics, with the direction in which they are better.
-METRIC_LABELS = {"fpr95": ("FPR95", "↓"), "fpr95_openood": ("FPR@95 OpenOOD", "↓"), "auroc": ("AUROC", "↑"),
-                 "aupr_in": ("AUPR-In", "↑"), "aupr_out": ("AUPR-Out", "↑")}
-# The paper's two metrics: the table columns of results that name none.
-DEFAULT_TABLE_METRICS = ("fpr95", "auroc")
 
 
 # ---------------------------------------------------------------------------
 # Small pure helpers
 # ---------------------------------------------------------------------------
 
-def to_percent(value: Any) -> float | None:
-    """Fraction -> percent with 2 decimals, ``round(100 * x, 2)``; None for missing or NaN."""
-    if value is None:
-        return None
-    value = float(value)
-    if math.isnan(value):
-        return None
-    return round(100.0 * value, 2)
-
-
 def _format_percent(value: Any, missing: str) -> str:
     percent = to_percent(value)
     return missing if percent is None else f"{percent:.2f}"
-
-
-def _methods(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    methods = results.get("methods") if isinstance(results, Mapping) else None
-    if not isinstance(methods, Mapping) or not methods:
-        raise UserError("results have no 'methods' entries; pass the dict written by eval_ood.py "
-                        "(ood_results.json) with at least one method")
-    return dict(methods)
-
-
-def group_names(results: Mapping[str, Any]) -> list[str]:
-    """The benchmark's groups of OOD sets (``near``, ``far``), in report order; none for the paper's."""
-    groups = results.get("groups") if isinstance(results, Mapping) else None
-    return list(groups) if isinstance(groups, Mapping) else []
-
-
-def ood_set_names(results: Mapping[str, Any]) -> list[str]:
-    """OOD set names in benchmark order: first appearance over the methods, ``average`` and groups excluded."""
-    names: list[str] = []
-    excluded = {AVERAGE_KEY, *group_names(results)}
-    for per_set in _methods(results).values():
-        for name in per_set:
-            if name not in excluded and name not in names:
-                names.append(name)
-    return names
 
 
 def table_metrics(results: Mapping[str, Any]) -> list[str]:
@@ -104,7 +65,7 @@ def table_columns(results: Mapping[str, Any]) -> list[str]:
     groups = group_names(results)
     if groups:
         return groups + ood_set_names(results)
-    return ood_set_names(results) + [AVERAGE_KEY]
+    return ood_set_names(results) + [AVERAGE]
 
 
 def _metric(per_set: Mapping[str, Any], set_name: str, metric: str) -> Any:
@@ -147,7 +108,7 @@ def _table_rows(results: Mapping[str, Any], missing: str) -> tuple[list[tuple[st
     """Column keys (set, metric) and one row of formatted percent strings per method."""
     columns = [(name, metric) for name in table_columns(results) for metric in table_metrics(results)]
     rows = []
-    for method, per_set in _methods(results).items():
+    for method, per_set in methods_of(results).items():
         rows.append([method] + [_format_percent(_metric(per_set, name, metric), missing)
                                 for name, metric in columns])
     return columns, rows
@@ -158,7 +119,7 @@ def _markdown_table(results: Mapping[str, Any]) -> str:
     header = ["Method"]
     for name, metric in columns:
         label, arrow = METRIC_LABELS[metric]
-        header.append(f"{'Average' if name == AVERAGE_KEY else name} {label}{arrow}")
+        header.append(f"{'Average' if name == AVERAGE else name} {label}{arrow}")
 
     accuracy = to_percent(results.get("id_accuracy"))
     benchmark = f"benchmark: {results['benchmark']} | " if results.get("benchmark") else ""
@@ -254,15 +215,15 @@ def summary_text(results: dict) -> str:
     there are at most 6 sets. The best average AUROC is marked with ``*`` (all of them
     on a tie).
     """
-    methods = _methods(results)
+    methods = methods_of(results)
     set_names = ood_set_names(results)
     per_set_columns = set_names if len(set_names) <= 6 else []
-    columns = [("avg FPR95", AVERAGE_KEY, "fpr95"), ("avg AUROC", AVERAGE_KEY, "auroc"),
-               ("avg AUPR-In", AVERAGE_KEY, "aupr_in")]
+    columns = [("avg FPR95", AVERAGE, "fpr95"), ("avg AUROC", AVERAGE, "auroc"),
+               ("avg AUPR-In", AVERAGE, "aupr_in")]
     columns += [(f"{name} AUROC", name, "auroc") for name in group_names(results)]
     columns += [(f"{name} AUROC", name, "auroc") for name in per_set_columns]
 
-    best = _best_methods({method: to_percent(_metric(per_set, AVERAGE_KEY, "auroc"))
+    best = _best_methods({method: to_percent(_metric(per_set, AVERAGE, "auroc"))
                           for method, per_set in methods.items()})
     table = [["method"] + [title for title, _, _ in columns]]
     for method, per_set in methods.items():
@@ -270,7 +231,7 @@ def summary_text(results: dict) -> str:
         for _, set_name, metric in columns:
             cell = _format_percent(_metric(per_set, set_name, metric), missing="-")
             # The mark goes right after the number; a space keeps the other cells aligned.
-            if set_name == AVERAGE_KEY and metric == "auroc":
+            if set_name == AVERAGE and metric == "auroc":
                 cell += "*" if method in best else " "
             row.append(cell)
         table.append(row)
@@ -475,7 +436,7 @@ def _per_block_auroc_percent(names: Sequence[str], per_block: Mapping[str, Any])
     """Average AUROC in percent per block name; NaN where a block has no result."""
     values = []
     for name in names:
-        percent = to_percent(((per_block.get(name) or {}).get(AVERAGE_KEY) or {}).get("auroc"))
+        percent = to_percent(((per_block.get(name) or {}).get(AVERAGE) or {}).get("auroc"))
         values.append(np.nan if percent is None else percent)
     return np.array(values, dtype=np.float64)
 

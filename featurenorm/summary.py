@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
+from .results import AVERAGE
 
-AVERAGE = "average"
 METRICS = ("fpr95", "auroc")
 METRIC_LABELS = {"fpr95": "FPR95", "auroc": "AUROC"}
 
