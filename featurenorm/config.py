@@ -133,6 +133,16 @@ def default_milestones(epochs: int) -> list[int]:
     return [max(1, round(fraction * epochs)) for fraction in MILESTONE_FRACTIONS]
 
 
+PERCENTILE_KEYS = ("react_percentile", "dice_sparsity", "ash_percentile")
+
+
+def check_percentile(key: str, value: float) -> float:
+    """``value`` as a float if it lies in [0, 100) (100 would prune or clip everything), else ValueError."""
+    if not 0 <= value < 100:
+        raise ValueError(f"{key} must be in [0, 100), got {float(value)}")
+    return float(value)
+
+
 def _valid_keys() -> list[str]:
     return sorted([k for k in FIELDS if k != "lsun_resize"] + list(ALIASES))
 
@@ -275,9 +285,11 @@ def validate(cfg: Config, source: str = "config") -> None:
         if late:  # a shortened run keeps its file: warn, never fail
             warnings.warn(f"{source}: milestone(s) {late} lie beyond the last epoch ({cfg.epochs}) and never fire; "
                           "lower them or leave 'milestones' out to scale the schedule with 'epochs'", stacklevel=3)
-    for key in ("react_percentile", "dice_sparsity", "ash_percentile"):
-        if not 0 <= getattr(cfg, key) < 100:
-            bad(key, f"must be in [0, 100), got {getattr(cfg, key)}")
+    for key in PERCENTILE_KEYS:
+        try:
+            check_percentile(key, getattr(cfg, key))
+        except ValueError as err:
+            bad(key, str(err)[len(key) + 1:])
     if len(cfg.mean) != 3 or len(cfg.std) != 3:
         bad("mean" if len(cfg.mean) != 3 else "std", "must have 3 values (R, G, B)")
     if any(s <= 0 for s in cfg.std):

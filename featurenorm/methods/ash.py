@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..config import Config
+from ..config import Config, check_percentile
 from .base import Method, Outputs, energy_score, register_method, require_positive
 
 
@@ -49,9 +49,7 @@ class ASH(Method):
     needs = frozenset({"features"})
 
     def __init__(self, percentile: float = 90.0, temperature: float = 1.0) -> None:
-        if not 0 <= percentile < 100:
-            raise ValueError(f"ash_percentile must be in [0, 100), got {percentile}")
-        self.percentile = float(percentile)
+        self.percentile = check_percentile("ash_percentile", percentile)
         self.temperature = require_positive(temperature, "energy_temperature")
 
     @classmethod

@@ -7,7 +7,7 @@ import numpy as np
 import torch.nn as nn
 from torch import Tensor
 
-from ..config import Config
+from ..config import Config, check_percentile
 from .base import (Method, Outputs, energy_score, feature_dim_check, fitted, register_method,
                    require_positive, state_tensor)
 
@@ -50,9 +50,7 @@ class EnergyDICE(Method):
     fits = True
 
     def __init__(self, sparsity: float = 90.0, temperature: float = 1.0) -> None:
-        if not 0 <= sparsity <= 100:
-            raise ValueError(f"dice_sparsity must be in [0, 100], got {sparsity}")
-        self.sparsity = float(sparsity)
+        self.sparsity = check_percentile("dice_sparsity", sparsity)
         self.temperature = require_positive(temperature, "energy_temperature")
         self.mask: Tensor | None = None
 

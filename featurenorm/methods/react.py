@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..config import Config
+from ..config import Config, check_percentile
 from .base import (Method, Outputs, energy_score, feature_dim_check, fitted, register_method,
                    require_positive, state_tensor)
 
@@ -45,9 +45,7 @@ class EnergyReAct(Method):
     fits = True
 
     def __init__(self, percentile: float = 90.0, temperature: float = 1.0) -> None:
-        if not 0 <= percentile <= 100:
-            raise ValueError(f"react_percentile must be in [0, 100], got {percentile}")
-        self.percentile = float(percentile)
+        self.percentile = check_percentile("react_percentile", percentile)
         self.temperature = require_positive(temperature, "energy_temperature")
         self.clip: float | None = None
 
