@@ -206,7 +206,7 @@ def test_a_failing_step_is_recorded_and_makes_the_command_exit_1(monkeypatch, ca
             "machine": {"name": "cpu", "device": "cpu", "torch": "x", "torch_cuda": None},
             "steps": {"train": {"passed": False, "seconds": 0.5, "error": "RuntimeError: no GPU left", "figures": {}},
                       "bf16": {"passed": True, "seconds": 0.5, "error": None, "figures": {}}}}
-    monkeypatch.setattr(gpu_check, "run_check", lambda *args, **kwargs: fake)
+    monkeypatch.setattr(gpu_check.run, "run_check", lambda *args, **kwargs: fake)  # where main looks it up
     assert gpu_check.main(["--tiny", "--device", "cpu"]) == 1
     printed = capsys.readouterr().out
     assert "FAIL" in printed and "error: RuntimeError: no GPU left" in printed and "SOME STEPS FAILED" in printed
