@@ -211,7 +211,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gpu_check.sh", description="Run every CUDA path of featurenorm once on synthetic data; "
+    parser = argparse.ArgumentParser(prog="gpu_check.sh",
+                                     description="Run every CUDA path of featurenorm once on synthetic data; "
                                                  "write gpu_check.json and print a table.")
     parser.add_argument("--out", default="runs/gpu_check", help="output folder (default runs/gpu_check)")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
