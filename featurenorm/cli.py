@@ -13,7 +13,7 @@ from typing import Sequence
 
 from .config import load_config
 from .data.benchmarks import BENCHMARKS
-from .errors import UserError, add_common_arguments, is_main_process, run_cli
+from .errors import UserError, add_common_arguments, is_main_process, reported, run_cli
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +91,11 @@ def select_main(argv: Sequence[str]) -> int:
     cfg = _load(args)
     from .selection import format_block_table, run_selection  # imports torch: after the config check
 
-    selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
-                              progress=not args.no_progress)
+    from .features import BlockError
+
+    with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
+        selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
+                                  progress=not args.no_progress)
     if is_main_process():
         print(format_block_table(selection.rows, selection.selected))
         print(f"selected block: {selection.selected['name']} (criterion {selection.criterion}); "
@@ -121,8 +124,11 @@ def eval_main(argv: Sequence[str]) -> int:
     from .evaluation import run_evaluation
     from .report import summary_text
 
-    run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,
-                         args.all_blocks, progress=not args.no_progress)
+    from .features import BlockError
+
+    with reported(BlockError):
+        run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,
+                             args.all_blocks, progress=not args.no_progress)
     if is_main_process():
         print(summary_text(run.results))
         print("wrote: " + ", ".join(str(p) for p in run.written))

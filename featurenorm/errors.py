@@ -1,10 +1,11 @@
 """User-facing errors and the command-line wrapper that turns them into one-line messages."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 import warnings
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class UserError(Exception):
@@ -13,6 +14,18 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A problem with a config file or a ``--set`` override."""
+
+
+@contextlib.contextmanager
+def reported(*error_types: type[Exception]) -> Iterator[None]:
+    """Inside a command: re-raise the library's ``error_types`` as :class:`UserError` (one line, exit 2).
+
+    The library raises ordinary exceptions; the command line decides which of them are the user's to fix.
+    """
+    try:
+        yield
+    except error_types as err:
+        raise UserError(str(err)) from None
 
 
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:

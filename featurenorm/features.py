@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from .errors import UserError
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +39,7 @@ def feature_norm(z: torch.Tensor) -> torch.Tensor:
         (B,) float32 (float64 for float64 input).
     """
     if z.dim() < 2:
-        raise UserError(f"feature_norm needs a (batch, channels, ...) tensor, got shape {tuple(z.shape)}")
+        raise ValueError(f"feature_norm needs a (batch, channels, ...) tensor, got shape {tuple(z.shape)}")
     if z.dtype != torch.float64:
         z = z.float()
     rectified = torch.relu(z)
@@ -48,6 +47,11 @@ def feature_norm(z: torch.Tensor) -> torch.Tensor:
         return rectified.mean(dim=1)
     per_channel = torch.linalg.vector_norm(rectified.flatten(2), ord=2, dim=2)  # (B, C)
     return per_channel.mean(dim=1)
+
+
+class BlockError(ValueError):
+    """A block cannot be read: it is unknown, listed twice, reused within one forward pass, returns no
+    tensor, or did not run. The command-line runs report it as a one-line error."""
 
 
 class _StopForward(Exception):
@@ -84,15 +88,15 @@ class FeatureTap:
             blocks = [blocks]
         self.blocks = list(blocks)
         if not self.blocks:
-            raise UserError("no blocks to tap; name at least one module of the model")
+            raise BlockError("no blocks to tap; name at least one module of the model")
         duplicates = sorted({b for b in self.blocks if self.blocks.count(b) > 1})
         if duplicates:
-            raise UserError(f"block(s) listed more than once: {', '.join(duplicates)}; list each block once")
+            raise BlockError(f"block(s) listed more than once: {', '.join(duplicates)}; list each block once")
         modules = dict(model.named_modules())
         unknown = [b for b in self.blocks if b not in modules]
         if unknown:
             valid = getattr(model, "block_names", None) or [n for n in modules if n]
-            raise UserError(f"unknown block(s) {', '.join(repr(b) for b in unknown)} for "
+            raise BlockError(f"unknown block(s) {', '.join(repr(b) for b in unknown)} for "
                             f"{type(model).__name__}; valid names: {', '.join(valid)}")
         self.model = model
         self.reduce = reduce
@@ -133,12 +137,12 @@ class FeatureTap:
     def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if self._in_run and self._calls[name] > 0:
-                raise UserError(
+                raise BlockError(
                     f"module '{name}' ({type(module).__name__}) ran more than once in one forward pass: it is "
                     "reused, so its output is ambiguous; tap a module that runs once")
             self._calls[name] += 1
             if not isinstance(output, torch.Tensor):
-                raise UserError(f"block '{name}' returns {type(output).__name__}, not a tensor; "
+                raise BlockError(f"block '{name}' returns {type(output).__name__}, not a tensor; "
                                 "tap a module whose output is a single tensor")
             self.shapes[name] = tuple(output.shape[1:])
             self.values[name] = self.reduce(output)
@@ -150,7 +154,7 @@ class FeatureTap:
         """Clear, call ``fn(*args, **kwargs)`` with the hooks active, and return its output.
 
         With ``stop_after_last`` the forward pass ends once every block has fired and None is
-        returned. Raises UserError when a block did not run at all during ``fn``.
+        returned. Raises BlockError when a block did not run at all during ``fn``.
         """
         if not self._handles:
             raise RuntimeError("FeatureTap.run needs the hooks: use it inside 'with FeatureTap(...) as tap:'")
@@ -164,7 +168,7 @@ class FeatureTap:
             self._in_run = False
         missing = [name for name in self.blocks if not self._calls[name]]
         if missing:
-            raise UserError(f"block(s) {', '.join(missing)} did not run during the forward pass; "
+            raise BlockError(f"block(s) {', '.join(missing)} did not run during the forward pass; "
                             "tap modules that the called function uses")
         return output
 

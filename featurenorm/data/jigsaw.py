@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import UserError
 
 
 def tile_sizes(size: int, grid: int) -> list[int]:
@@ -31,12 +30,12 @@ def tile_sizes(size: int, grid: int) -> list[int]:
 
 def _check(images: torch.Tensor, grid: int) -> None:
     if images.dim() != 4:
-        raise UserError(f"jigsaw needs a (B, C, H, W) batch of images, got shape {tuple(images.shape)}")
+        raise ValueError(f"jigsaw needs a (B, C, H, W) batch of images, got shape {tuple(images.shape)}")
     if not isinstance(grid, int) or grid < 1:
-        raise UserError(f"jigsaw grid must be a positive integer, got {grid!r}")
+        raise ValueError(f"jigsaw grid must be a positive integer, got {grid!r}")
     height, width = images.shape[-2:]
     if height < grid or width < grid:
-        raise UserError(f"a {grid}x{grid} jigsaw needs images of at least {grid}x{grid} pixels, got {height}x{width}")
+        raise ValueError(f"a {grid}x{grid} jigsaw needs images of at least {grid}x{grid} pixels, got {height}x{width}")
 
 
 def _draw_permutations(count: int, height: int, width: int, grid: int,
@@ -135,17 +134,17 @@ def _source_index(permutation: torch.Tensor, height: int, width: int, grid: int)
 
 def _check_permutation(permutation: torch.Tensor, batch: int, height: int, width: int, grid: int) -> None:
     if permutation.shape != (batch, grid * grid) or permutation.dtype != torch.long:
-        raise UserError(f"a jigsaw permutation for {batch} images on a {grid}x{grid} grid must be a "
+        raise ValueError(f"a jigsaw permutation for {batch} images on a {grid}x{grid} grid must be a "
                         f"({batch}, {grid * grid}) long tensor, got {tuple(permutation.shape)} {permutation.dtype}")
     ordered = permutation.sort(dim=1).values
     if not (ordered == torch.arange(grid * grid, device=permutation.device)).all():
-        raise UserError("each row of a jigsaw permutation must hold every tile index 0..grid*grid-1 once")
+        raise ValueError("each row of a jigsaw permutation must hold every tile index 0..grid*grid-1 once")
     heights = torch.tensor(tile_sizes(height, grid), device=permutation.device)
     widths = torch.tensor(tile_sizes(width, grid), device=permutation.device)
     grid_perm = permutation.view(batch, grid, grid)
     tile_heights, tile_widths = heights[grid_perm // grid], widths[grid_perm % grid]
     if not ((tile_heights == tile_heights[:, :, :1]).all() and (tile_widths == tile_widths[:, :1, :]).all()):
-        raise UserError(f"the jigsaw permutation puts tiles of different sizes in one row or column of a "
+        raise ValueError(f"the jigsaw permutation puts tiles of different sizes in one row or column of a "
                         f"{height}x{width} image; only tiles of the same shape may be swapped")
 
 
