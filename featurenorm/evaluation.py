@@ -25,6 +25,7 @@ from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
 from .features import FeatureTap
 from .methods import METHODS, ModelParts, Outputs, build_method, method_names
+from .methods.base import PAPER_METHOD
 from .results import AVERAGE, CONVENTION, DEFAULT_TABLE_METRICS
 from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 from .models.blocks import candidate_blocks
@@ -292,7 +293,7 @@ def _build_methods(methods: Sequence[Any], cfg: Config | None) -> dict[str, Any]
 
 
 def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],
-                    methods: Sequence[Any] = ("featurenorm",), *, block: str | None = None,
+                    methods: Sequence[Any] = (PAPER_METHOD,), *, block: str | None = None,
                     fit_loader: Iterable | None = None, all_blocks: bool = False, blocks: Sequence[str] | None = None,
                     amp: torch.dtype | None = None, cfg: Config | None = None, fitted: Mapping[str, str] | None = None,
                     progress: bool = False) -> Evaluation:
@@ -356,7 +357,7 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
 
 
 def evaluate(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],
-             methods: Sequence[Any] = ("featurenorm",), *, block: str | None = None, fit_loader: Iterable | None = None,
+             methods: Sequence[Any] = (PAPER_METHOD,), *, block: str | None = None, fit_loader: Iterable | None = None,
              all_blocks: bool = False, progress: bool = False) -> dict[str, Any]:
     """Score ID and OOD images with every method and return the metrics in the ``ood_results.json`` schema.
 

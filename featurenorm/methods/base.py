@@ -25,6 +25,8 @@ OUTPUT_FIELDS = frozenset({"features", "logits", "block_norm"})
 
 # The order of methods in tables and in method_names(): the paper's method first, then the
 # logit-based baselines, the feature-based baselines, and the block-norm variants last.
+# The paper's method: the default of evaluate().
+PAPER_METHOD = "featurenorm"
 METHOD_ORDER = (
     "featurenorm", "msp", "odin", "energy", "energy_react", "energy_dice", "maxlogit",
     "mahalanobis", "knn", "vim", "ash", "msp_blocknorm", "odin_blocknorm", "energy_blocknorm",
