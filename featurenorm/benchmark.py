@@ -24,10 +24,7 @@ small bank; its cost grows linearly with the bank (the ID training set in a real
 from __future__ import annotations
 
 import os
-import platform
-import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -43,7 +40,7 @@ from .errors import UserError
 from .evaluation import Scorer, uses_block
 from .methods import build_method, method_names
 from .models import block_names, build_model
-from .runtime import amp_dtype, autocast, resolve_device
+from .runtime import amp_dtype, autocast, device_name, peak_rss_mib, resolve_device
 from .selection import collect_paired_norms
 
 # figure -> (comparison, goal); shared_pass_speedup's goal is a fraction of K (see ``target_met``).
@@ -164,25 +161,6 @@ def target_text(figure: str, k: int | None = None) -> str:
     if figure == "shared_pass_speedup":
         return f"{comparison} {goal:.2f} K = {goal * (k or 1):.2f}"
     return f"{comparison} {goal:.2f}"
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------------- the workloads

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
+import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -143,3 +145,24 @@ def gather_concat(values: torch.Tensor, info: Dist) -> torch.Tensor:
     parts: list = [None] * info.world_size
     dist.all_gather_object(parts, values.cpu())
     return torch.cat(parts)
+
+
+# ------------------------------------------------------------------------------------ the machine
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo (the platform's processor elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -49,7 +49,7 @@ def _free_device_memory(device: torch.device) -> None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """The device, its name and memory, and the software versions."""
-    from ..benchmark import device_name
+    from ..runtime import device_name
     from ..runtime import git_commit
 
     info: dict[str, Any] = {
