@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,8 @@ def evaluated(trained_digits_run, tmp_path_factory):
     rng = np.random.default_rng(3)
     for i in range(24):
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / "ood" / f"{i:02d}.png")
-    cfg = trained_digits_run.cfg
-    results = run_evaluation(cfg, methods=METHODS, block="layer3.0", ood_specs=[f"pngs={root / 'ood'}"],
+    cfg = replace(trained_digits_run.cfg, save_path=str(root / "ours"))
+    results = run_evaluation(cfg, checkpoint=str(trained_digits_run.save_path / "last.pt"), methods=METHODS, block="layer3.0", ood_specs=[f"pngs={root / 'ood'}"],
                              progress=False).results
     weights = torch.load(trained_digits_run.save_path / "last.pt", weights_only=True)["model"]
     return root, results, weights
@@ -52,8 +53,7 @@ def test_foreign_checkpoint_gives_identical_metrics(trained_digits_run, evaluate
     else:
         obj = {"state_dict": {f"module._orig_mod.{k}": v for k, v in weights.items()}, "optimizer": {}}
     path = _save(obj, tmp_path / "foreign.ckpt")
-    cfg = trained_digits_run.cfg.__class__(**{**trained_digits_run.cfg.__dict__, "save_path": str(tmp_path / "run"),
-                                            "num_classes": None})
+    cfg = replace(trained_digits_run.cfg, save_path=str(tmp_path / "run"), num_classes=None)
     results = run_evaluation(cfg, checkpoint=str(path), methods=METHODS, block="layer3.0",
                              ood_specs=[f"pngs={root / 'ood'}"], progress=False).results
     assert results["methods"] == expected["methods"]
@@ -65,9 +65,8 @@ def test_foreign_checkpoint_gives_identical_metrics(trained_digits_run, evaluate
 def test_select_block_runs_on_a_foreign_checkpoint(trained_digits_run, evaluated, tmp_path):
     _, _, weights = evaluated
     path = _save({f"module.{k}": v for k, v in weights.items()}, tmp_path / "plain.pth")
-    cfg = trained_digits_run.cfg.__class__(**{**trained_digits_run.cfg.__dict__, "save_path": str(tmp_path / "run")})
-    ours = run_selection(trained_digits_run.cfg.__class__(**{**trained_digits_run.cfg.__dict__,
-                                                           "save_path": str(tmp_path / "ours")}),
+    cfg = replace(trained_digits_run.cfg, save_path=str(tmp_path / "run"))
+    ours = run_selection(replace(trained_digits_run.cfg, save_path=str(tmp_path / "ours")),
                          checkpoint=str(trained_digits_run.save_path / "last.pt"), num_samples=40, progress=False)
     foreign = run_selection(cfg, checkpoint=str(path), num_samples=40, progress=False)
     assert foreign.rows == ours.rows and (tmp_path / "run" / "block_selection.json").is_file()

@@ -65,7 +65,7 @@ def test_norm_ratio_equals_a_direct_computation(run_dir, trained_digits_run):
     from dataclasses import replace
 
     cfg = replace(trained_digits_run.cfg, save_path=str(run_dir), eval_batch_size=37)
-    result = run_selection(cfg, num_samples=50, seed=5, progress=False)
+    result = run_selection(cfg, num_samples=50, seed=5, progress=False).to_dict()
     # the same subsample and puzzles, computed in one batch through block_feature_norms
     generator = torch.Generator().manual_seed(5)
     split = load_split(cfg, train=True)
@@ -90,8 +90,8 @@ def test_channels_last_gives_the_same_selection(run_dir, trained_digits_run):
     from featurenorm.selection import run_selection
 
     cfg = replace(trained_digits_run.cfg, save_path=str(run_dir))
-    plain = run_selection(cfg, num_samples=40, progress=False)
-    channels_last = run_selection(replace(cfg, channels_last=True), num_samples=40, progress=False)
+    plain = run_selection(cfg, num_samples=40, progress=False).to_dict()
+    channels_last = run_selection(replace(cfg, channels_last=True), num_samples=40, progress=False).to_dict()
     assert channels_last["selected"] == plain["selected"]
     for a, b in zip(plain["blocks"], channels_last["blocks"]):
         assert b["norm_ratio"] == pytest.approx(a["norm_ratio"], rel=1e-5)
