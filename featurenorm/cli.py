@@ -74,17 +74,24 @@ def train_main(argv: Sequence[str]) -> int:
 
 
 def select_main(argv: Sequence[str]) -> int:
-    from .selection import CRITERIA
+    from .config import CRITERIA
 
+    criteria = "; ".join(f"{name}: {rule}" for name, rule in CRITERIA.items())
     parser = argparse.ArgumentParser(prog="select_block.py",
-                                     description="NormRatio block selection with jigsaw pseudo-OOD images.")
+                                     description="NormRatio block selection with jigsaw (and other) pseudo-OOD "
+                                                 "images made from the ID training images.")
     _add_arguments(parser)
     parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt); foreign state_dicts "
                                              "and OpenOOD checkpoints are accepted for the configured arch")
     parser.add_argument("--num-samples", type=int, help="use a seeded subsample of N ID training images (default: all)")
     parser.add_argument("--grid", type=int, help="jigsaw grid size (default: config jigsaw_grid, 3)")
-    parser.add_argument("--seed", type=int, help="seed of the subsample and the puzzles (default: config seed)")
-    parser.add_argument("--criterion", choices=list(CRITERIA), help="selection criterion (default: norm_ratio)")
+    parser.add_argument("--seed", type=int, help="seed of the subsample, the puzzles and the other pseudo-OOD images "
+                                                "(default: config seed)")
+    parser.add_argument("--criterion", choices=list(CRITERIA),
+                        help=f"selection criterion (default: config criterion, norm_ratio). {criteria}")
+    parser.add_argument("--pseudo-ood", metavar="KINDS",
+                        help="comma-separated pseudo-OOD kinds to measure, jigsaw among them, or all: jigsaw, "
+                             "pixel_shuffle, noise, mixup, blur (default: config pseudo_ood, jigsaw)")
     parser.add_argument("--benchmark", choices=list(BENCHMARKS),
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
@@ -95,7 +102,7 @@ def select_main(argv: Sequence[str]) -> int:
 
     with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
         selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, pseudo_ood=args.pseudo_ood)
     if is_main_process():
         print(format_block_table(selection.rows, selection.selected))
         print(f"selected block: {selection.selected['name']} (criterion {selection.criterion}); "

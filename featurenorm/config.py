@@ -29,6 +29,13 @@ RECORD_ONLY = ("git_commit",)
 # Spellings from other code bases that string similarity cannot link to ours.
 SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "model": "arch", "architecture": "arch",
             "num_epochs": "epochs", "n_epochs": "epochs"}
+# The block selection criteria, each with its rule in one sentence; the config check, select_block.py's
+# --criterion choices and featurenorm.selection all read this one table (here: no torch import needed).
+CRITERIA = {
+    "norm_ratio": "the block with the largest NormRatio of ID images to their jigsaw puzzles (the paper's rule)",
+    "auroc": "the block whose FeatureNorm best separates ID images from their jigsaw puzzles (AUROC)",
+    "mean_rank": "the block with the best rank by ID-vs-pseudo-OOD AUROC, averaged over the pseudo-OOD kinds",
+}
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Config:
     jigsaw_grid: int = 3
     selection_samples: int | None = None
     criterion: str = "norm_ratio"
+    pseudo_ood: list[str] = field(default_factory=lambda: ["jigsaw"])
     # --- OOD benchmark folders (None: not configured)
     svhn: str | None = None
     textures: str | None = None
@@ -119,7 +127,7 @@ CHOICES = {
     "device": None,  # free form: auto, cpu, cuda, cuda:1, mps
     "loader": ("auto", "gpu", "torch"),
     "amp": ("auto", "bf16", "fp16", "fp32"),
-    "criterion": ("norm_ratio", "auroc"),
+    "criterion": tuple(CRITERIA),
     "benchmark": tuple(BENCHMARKS),
 }
 
@@ -302,6 +310,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     if root_key and not getattr(cfg, root_key):
         bad(root_key, f"is required with benchmark '{cfg.benchmark}': the folder holding "
                       f"{BENCHMARKS[cfg.benchmark]['root_holds']} (e.g. --set {root_key}=./data/openood)")
+    if not cfg.pseudo_ood:
+        bad("pseudo_ood", "must list at least one pseudo-OOD kind, e.g. [\"jigsaw\"]")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

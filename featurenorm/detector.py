@@ -22,18 +22,20 @@ class FeatureNormDetector:
     Args:
         model: any classifier; it is scored in eval mode.
         block: the module name to read; None selects one in :meth:`fit`.
-        blocks, grid, num_samples, seed, criterion: passed to :func:`featurenorm.select_block` by :meth:`fit`.
+        blocks, grid, num_samples, seed, criterion, pseudo_ood: passed to :func:`featurenorm.select_block` by
+            :meth:`fit`.
     """
 
     def __init__(self, model: nn.Module, block: str | None = None, *, blocks: Sequence[str] | None = None,
-                 grid: int = 3, num_samples: int | None = None, seed: int = 0, criterion: str = "norm_ratio"):
+                 grid: int = 3, num_samples: int | None = None, seed: int = 0, criterion: str = "norm_ratio",
+                 pseudo_ood: str | Sequence[str] = ("jigsaw",)):
         if block is not None and block not in dict(model.named_modules()):
             raise ValueError(f"'{block}' is not a module of {type(model).__name__}; see featurenorm.candidate_blocks")
         self.model = model
         self.block = block
         self.selection: BlockSelection | None = None
         self._selection_options: dict[str, Any] = dict(blocks=blocks, grid=grid, num_samples=num_samples, seed=seed,
-                                                        criterion=criterion)
+                                                        criterion=criterion, pseudo_ood=pseudo_ood)
 
     def fit(self, loader: Iterable[Any], progress: bool = False) -> "FeatureNormDetector":
         """Select the block by NormRatio on ID training batches (only when no block was given); returns self."""

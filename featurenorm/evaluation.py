@@ -652,7 +652,29 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
             per_set.update(group_averages(per_set, meta.groups))
             per_block[block] = per_set
         results["per_block"] = per_block
+        if meta.block and meta.block.get("name") in per_block:
+            results["oracle"] = oracle_gap(per_block, meta.block["name"])
     return results
+
+
+def oracle_gap(per_block: Mapping[str, Mapping[str, Any]], selected: str) -> dict[str, Any]:
+    """How far the selected block falls short of the best block in hindsight, by average OOD AUROC.
+
+    The "oracle" looks at the OOD test sets, which selection never may; the gap says what the
+    selection rule cost on this run. The first block wins ties.
+
+    Args:
+        per_block: ``ood_results.json["per_block"]``: ``{block: {set: metrics, "average": metrics}}``.
+        selected: the block FeatureNorm was scored at (one of ``per_block``).
+
+    Returns:
+        ``{"best_block", "best_auroc", "selected_block", "selected_auroc", "difference"}``, AUROCs as
+        fractions and ``difference = best_auroc - selected_auroc`` (>= 0).
+    """
+    averages = {block: per_set["average"]["auroc"] for block, per_set in per_block.items()}
+    best = max(averages, key=lambda block: averages[block])
+    return {"best_block": best, "best_auroc": averages[best], "selected_block": selected,
+            "selected_auroc": averages[selected], "difference": averages[best] - averages[selected]}
 
 
 def write_outputs(cfg: Config, evaluation: Evaluation, selected, save_scores: bool, all_blocks: bool) -> list[Path]:

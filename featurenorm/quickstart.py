@@ -29,7 +29,7 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
     from .checkpoint import read_checkpoint
     from .engine import train
     from .evaluation import run_evaluation
-    from .report import results_table
+    from .report import per_block_text, results_table
     from .selection import format_block_table, run_selection
 
     cfg: Config = load_config(config, overrides)
@@ -48,7 +48,8 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         print(f"test accuracy {metrics['test_acc']:.4f}")
 
     selection_path = save_dir / "block_selection.json"
-    _banner("2/3 select the block by NormRatio (ID training images vs. their jigsaw puzzles)")
+    _banner(f"2/3 select the block by {cfg.criterion} (ID training images vs. pseudo-OOD made from them: "
+            f"{', '.join(cfg.pseudo_ood)})")
     if _newer(selection_path, last):
         selection = json.loads(selection_path.read_text())
         print(f"reusing {selection_path}")
@@ -69,10 +70,13 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         results = run_evaluation(cfg, ood_specs=specs, all_blocks=True, save_scores=True, progress=progress).results
     print(results_table(results, "md"))
     if results.get("per_block"):
-        selected = results["block"]["name"]
-        by_block = "  ".join(f"{name}{'*' if name == selected else ''} {100 * metrics['average']['auroc']:.1f}"
-                             for name, metrics in results["per_block"].items())
-        print(f"\nFeatureNorm average AUROC (%) at every block (* = selected by NormRatio):\n  {by_block}")
+        print(f"\nFeatureNorm AUROC (%) at every block (* = selected by {selection['criterion']}):")
+        print(per_block_text(results))
+    if results.get("oracle"):
+        oracle = results["oracle"]
+        print(f"oracle gap: best block {oracle['best_block']} {100 * oracle['best_auroc']:.2f}, selected block "
+              f"{oracle['selected_block']} {100 * oracle['selected_auroc']:.2f}, difference "
+              f"{100 * oracle['difference']:.2f} AUROC points")
     plots = [save_dir / name for name in ("norm_ratio.png", "feature_norm_hist.png", "norm_ratio_vs_auroc.png")]
     print("\nplots:")
     for plot in plots:

@@ -177,6 +177,24 @@ def results_table(results: dict, fmt: str = "md") -> str:
     raise UserError(f"unknown table format {fmt!r}; use 'md' or 'csv'")
 
 
+def per_block_text(results: Mapping[str, Any]) -> str:
+    """FeatureNorm's AUROC (%) at every block (``per_block``) for each OOD set and on average, one row per
+    block, the scored block marked with ``*``; an empty string without ``per_block``."""
+    per_block = results.get("per_block") or {}
+    if not per_block:
+        return ""
+    selected = (results.get("block") or {}).get("name")
+    sets = [name for name in next(iter(per_block.values())) if name != AVERAGE] + [AVERAGE]
+    header = ["block"] + sets
+    body = [[f"{block}{'*' if block == selected else ''}"]
+            + [_format_percent(per_set.get(name, {}).get("auroc"), "-") for name in sets]
+            for block, per_set in per_block.items()]
+    widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) if col == 0 else cell.rjust(width)
+                               for col, (cell, width) in enumerate(zip(line, widths))).rstrip()
+                     for line in [header] + body)
+
+
 def write_ood_results(results: dict, save_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``ood_results.json``, ``ood_results.md`` and ``ood_results.csv`` into ``save_dir``.
 
@@ -292,9 +310,38 @@ def _save_figure(fig: "Figure", path: str | os.PathLike) -> Path:
     return path
 
 
-def bar_figure_size(num_blocks: int) -> tuple[float, float]:
-    """Figure size (inches) of the per-block bar charts: wider with more blocks."""
-    return (max(6.0, 0.55 * num_blocks + 2.5), 4.5)
+def bar_figure_size(num_blocks: int, panels: int = 1) -> tuple[float, float]:
+    """Figure size (inches) of the per-block charts: wider with more blocks, 4.5 inches per panel, and
+    2.5 inches more for the legend beside the per-kind panel when there are two."""
+    return (max(6.0, 0.55 * num_blocks + 2.5) + (2.5 if panels > 1 else 0.0), 4.5 * panels)
+
+
+def _kind_figures(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
+    """``{kind: (num_blocks,) float}`` of one per-kind figure (``norm_ratio`` or ``auroc``); NaN where missing."""
+    from featurenorm.selection import row_kinds
+
+    kinds = list(row_kinds(rows[0])) if rows else []
+    return {kind: np.array([np.nan if row_kinds(row).get(kind, {}).get(key) is None
+                            else float(row_kinds(row)[kind][key]) for row in rows]) for kind in kinds}
+
+
+KIND_MARKERS = "os^vDPX*"
+
+
+def _kind_offset(position: int, count: int) -> float:
+    """A small horizontal shift per kind, so that kinds with equal values stay visible side by side."""
+    return 0.1 * (position - (count - 1) / 2)
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0.0)
+
+
+def _descending_ranks(values: np.ndarray) -> np.ndarray:
+    """Rank 1 = largest; ties share the average rank; NaN ranks last."""
+    from scipy.stats import rankdata
+
+    return rankdata(-np.where(np.isnan(values), -np.inf, values), method="average")
 
 
 def hist_grid_shape(num_sets: int, max_cols: int = 3) -> tuple[int, int]:
@@ -352,10 +399,11 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
     NormRatio = (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)) at a block, the per-image ratio of the
     FeatureNorm of an ID image to that of its own jigsaw puzzle, averaged (Yu et al., CVPR
     2023; see :func:`featurenorm.selection.norm_ratio`); the block with the largest ratio is
-    selected. A dashed line marks 1.0.
+    selected. A dashed line marks 1.0. When the rows hold several pseudo-OOD kinds, a second
+    panel draws each kind's ID-vs-kind AUROC per block (its NormRatio range in the legend).
 
     Args:
-        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio``.
+        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio`` (and ``pseudo_ood``).
         selected: ``{"index": int, "name": str}`` or None.
         path: PNG file to write.
         title: figure title; the default names the selected block.
@@ -366,12 +414,41 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
     plt = _pyplot()
     names, ratios = _block_rows(rows)
     selected_at = _selected_position(names, selected)
-    fig, ax = plt.subplots(figsize=bar_figure_size(len(names)))
+    aurocs = _kind_figures(rows, "auroc")
+    panels = 2 if len(aurocs) > 1 else 1
+    fig, axes = plt.subplots(panels, 1, figsize=bar_figure_size(len(names), panels), squeeze=False)
+    ax = axes[0, 0]
     _draw_norm_ratio_bars(ax, names, ratios, selected_at)
     label = f"; selected: {names[selected_at]}" if selected_at is not None else ""
     ax.set_title(title or f"NormRatio per block{label}")
     ax.legend(loc="best")
+    if panels == 2:
+        _draw_kind_aurocs(axes[1, 0], names, aurocs, _kind_figures(rows, "norm_ratio"), selected_at)
     return _save_figure(fig, path)
+
+
+def _draw_kind_aurocs(ax, names: Sequence[str], aurocs: Mapping[str, np.ndarray],
+                      ratios: Mapping[str, np.ndarray], selected_at: int | None) -> None:
+    """One line per pseudo-OOD kind: the ID-vs-kind AUROC at each block, its NormRatio in the legend's range."""
+    from featurenorm.selection import WEAK_AUROC
+
+    positions = np.arange(len(names))
+    for number, (kind, values) in enumerate(aurocs.items()):
+        finite = ratios[kind][np.isfinite(ratios[kind])]
+        span = f"\nNormRatio {finite.min():.2f}-{finite.max():.2f}" if finite.size else ""
+        ax.plot(positions + _kind_offset(number, len(aurocs)), values, marker=KIND_MARKERS[number % len(KIND_MARKERS)],
+                linewidth=2.5 if kind == "jigsaw" else 1.5, label=f"{kind}{span}")
+    ax.axhline(0.5, color="black", linestyle=":", linewidth=1.0, label="chance (0.5)")
+    ax.axhline(WEAK_AUROC, color="gray", linestyle="--", linewidth=1.0, label=f"weak evidence ({WEAK_AUROC})")
+    if selected_at is not None:
+        ax.axvline(selected_at, color=SELECTED_COLOR, linewidth=1.0, alpha=0.6)
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_xlabel("block")
+    ax.set_ylabel("AUROC, ID vs. pseudo-OOD kind")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_title("AUROC of ID vs. each pseudo-OOD kind, by FeatureNorm")
+    _legend_outside(ax)
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -443,13 +520,14 @@ def _per_block_auroc_percent(names: Sequence[str], per_block: Mapping[str, Any])
 
 def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.PathLike,
                              selected: dict | None = None) -> Path:
-    """NormRatio per block (bars, left axis) beside the block's average OOD AUROC (line, right axis).
+    """NormRatio per block (bars, left axis) beside the block's average OOD AUROC (line, right axis), and
+    below, the blocks' ranking by the real average AUROC beside their ranking by each pseudo-OOD kind.
 
-    Shows whether the NormRatio choice agrees with the block that is best on the real
-    OOD sets (cf. the block-wise analysis of Yu et al., CVPR 2023).
+    Shows whether the NormRatio choice, and each kind's evidence, agrees with the block that is
+    best on the real OOD sets (cf. the block-wise analysis of Yu et al., CVPR 2023).
 
     Args:
-        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio``.
+        rows: ``block_selection.json["blocks"]``: dicts with ``name``, ``norm_ratio`` and ``pseudo_ood``.
         per_block: ``ood_results.json["per_block"]``: block name -> {set: metrics, "average": metrics}.
         path: PNG file to write.
         selected: ``{"index": int, "name": str}`` to highlight, or None.
@@ -462,7 +540,7 @@ def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.P
     aurocs = _per_block_auroc_percent(names, per_block)
     selected_at = _selected_position(names, selected)
 
-    fig, ax_ratio = plt.subplots(figsize=bar_figure_size(len(names)))
+    fig, (ax_ratio, ax_rank) = plt.subplots(2, 1, figsize=bar_figure_size(len(names), 2))
     _draw_norm_ratio_bars(ax_ratio, names, ratios, selected_at)
     ax_auroc = ax_ratio.twinx()
     ax_auroc.plot(np.arange(len(names)), aurocs, color=ID_COLOR, marker="o", label="average AUROC")
@@ -478,4 +556,28 @@ def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.P
     ax_auroc.legend(handles + more_handles, labels + more_labels, loc="best")
     label = f"; selected: {names[selected_at]}" if selected_at is not None else ""
     ax_ratio.set_title(f"NormRatio vs. per-block OOD AUROC{label}")
+    _draw_rankings(ax_rank, names, aurocs, _kind_figures(rows, "auroc"), selected_at)
     return _save_figure(fig, path)
+
+
+def _draw_rankings(ax, names: Sequence[str], real_auroc: np.ndarray, kind_aurocs: Mapping[str, np.ndarray],
+                   selected_at: int | None) -> None:
+    """Rank of each block (1 = best) by the real OOD AUROC, and by each pseudo-OOD kind's AUROC."""
+    positions = np.arange(len(names))
+    ax.plot(positions, _descending_ranks(real_auroc), color="black", marker="s", linewidth=3.0,
+            label="real OOD sets\n(average AUROC)")
+    for number, (kind, values) in enumerate(kind_aurocs.items()):
+        if np.isfinite(values).any():
+            ax.plot(positions + _kind_offset(number, len(kind_aurocs)), _descending_ranks(values),
+                    marker=KIND_MARKERS[number % len(KIND_MARKERS)], linewidth=1.3, alpha=0.85,
+                    label=f"{kind}\n(ID vs. {kind} AUROC)")
+    if selected_at is not None:
+        ax.axvline(selected_at, color=SELECTED_COLOR, linewidth=1.0, alpha=0.6, label="selected block")
+    ax.set_xticks(positions)
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticks(np.arange(1, len(names) + 1))
+    ax.set_ylim(len(names) + 0.5, 0.5)  # rank 1 on top
+    ax.set_xlabel("block")
+    ax.set_ylabel("rank of the block (1 = best)")
+    ax.set_title("Ranking of the blocks: real OOD sets vs. pseudo-OOD kinds")
+    _legend_outside(ax)

@@ -1,22 +1,26 @@
-"""NormRatio block selection (Yu et al., CVPR 2023, arXiv 2212.02295).
+"""NormRatio block selection (Yu et al., CVPR 2023, arXiv 2212.02295), and other pseudo-OOD evidence.
 
 The block whose FeatureNorm best separates ID training images from their own jigsaw puzzles
 is used for OOD scoring. Separation is measured by NormRatio, the mean over images of
 FN(x) / FN(jigsaw(x)); the AUROC of ID vs. puzzles is reported alongside as an alternative
-criterion. The helpers are pure functions (no file IO, no config parsing); :func:`run_selection`,
-the select_block.py run, loads the checkpoint and the data and writes ``block_selection.json``
-and ``norm_ratio.png``.
+criterion. Other kinds of pseudo-OOD made from the same ID images
+(:mod:`featurenorm.data.pseudo_ood`) can be measured beside the jigsaw, each with its NormRatio
+and AUROC at every block, and the ``mean_rank`` criterion combines them. The helpers are pure
+functions (no file IO, no config parsing); :func:`run_selection`, the select_block.py run, loads
+the checkpoint and the data and writes ``block_selection.json`` and ``norm_ratio.png``.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .config import CRITERIA, Config
 from .errors import UserError
 from .features import FeatureTap
 
@@ -24,22 +28,31 @@ from .features import FeatureTap
 # far below any FeatureNorm of a live block, so other ratios are unaffected.
 NORM_EPS = 1e-12
 
-CRITERIA = {"norm_ratio": "norm_ratio", "auroc": "jigsaw_auroc"}
+# The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
+JIGSAW = "jigsaw"
+# A best ID-vs-pseudo-OOD AUROC at or below this, at every block, is weak evidence for any choice.
+WEAK_AUROC = 0.6
 
 
 @dataclass
 class BlockNorms:
-    """Per-image FeatureNorms of each block, for ID images and for their puzzles (paired by index).
+    """Per-image FeatureNorms of each block, for ID images and for their pseudo-OOD images (paired by index).
 
     Attributes:
         id: ``{block: (N,) float32}`` on CPU.
-        jigsaw: ``{block: (N,) float32}`` on CPU; entry i is the puzzle of ID image i.
+        pseudo: ``{kind: {block: (N,) float32}}`` on CPU, kinds in the order measured; entry i of a
+            kind was made from ID image i (e.g. ``pseudo["jigsaw"]``: the puzzles).
         shapes: ``{block: per-image output shape}``, e.g. ``(64, 32, 32)``.
     """
 
     id: dict[str, torch.Tensor]
-    jigsaw: dict[str, torch.Tensor]
+    pseudo: dict[str, dict[str, torch.Tensor]]
     shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def jigsaw(self) -> dict[str, torch.Tensor]:
+        """``{block: (N,)}`` FeatureNorms of the jigsaw puzzles."""
+        return self.pseudo[JIGSAW]
 
 
 def norm_ratio(id_norms: torch.Tensor, jigsaw_norms: torch.Tensor) -> float:
@@ -82,13 +95,14 @@ def model_device(model: nn.Module) -> torch.device:
 
 def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequence[str], grid: int = 3,
                         generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                        progress: bool = True) -> BlockNorms:
-    """FeatureNorm of every block for ID images and their jigsaw puzzles, drawn batch by batch.
+                        progress: bool = True, *, kinds: Sequence[str] = (JIGSAW,),
+                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> BlockNorms:
+    """FeatureNorm of every block for ID images and their pseudo-OOD images, drawn batch by batch.
 
-    Each batch goes through ONE forward pass over ``cat([x, jigsaw(x)])`` that stops after the
-    last block, under inference mode (see :func:`collect_paired_norms`, which this feeds). The
-    model is put in eval mode for the pass (so BatchNorm does not mix ID images with puzzles)
-    and its mode is restored afterwards.
+    Each batch goes through ONE forward pass over ``cat([x, kind_1(x), kind_2(x), ...])`` that
+    stops after the last block, under inference mode (see :func:`collect_paired_norms`, which
+    this feeds). The model is put in eval mode for the pass (so BatchNorm does not mix ID images
+    with pseudo-OOD ones) and its mode is restored afterwards.
 
     Args:
         model: the trained network.
@@ -96,9 +110,12 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
             their first element is used.
         blocks: module names to score.
         grid: jigsaw grid size.
-        generator: seeds the puzzles (see :func:`featurenorm.data.jigsaw.jigsaw`).
+        generator: seeds the puzzles (see :func:`featurenorm.data.jigsaw.jigsaw`); its initial
+            seed also seeds the other kinds (one generator each, on the device).
         device: where to run; defaults to the device of the model's parameters.
         progress: show a tqdm bar.
+        kinds: pseudo-OOD kinds (see :mod:`featurenorm.data.pseudo_ood`).
+        mean, std: the normalization of the images, per channel (default: the config's defaults).
 
     Returns:
         BlockNorms with (N,) float32 CPU tensors, N the number of images seen.
@@ -106,16 +123,20 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
     from .data.jigsaw import sample_permutations
 
     device = torch.device(device) if device is not None else model_device(model)
+    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
 
-    def paired() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def paired() -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
         for batch in batches:
             images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
             height, width = images.shape[-2:]
-            yield images, sample_permutations(images.shape[0], height, width, grid, generator)
+            permutations = sample_permutations(images.shape[0], height, width, grid, generator) \
+                if JIGSAW in kinds else None
+            yield images, permutations
 
     was_training = model.training
     try:
-        return collect_paired_norms(model, paired(), blocks, grid, progress=progress)
+        return collect_paired_norms(model, paired(), blocks, grid, progress=progress, kinds=kinds, mean=mean,
+                                    std=std, seed=seed)
     finally:
         model.train(was_training)
 
@@ -123,46 +144,129 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
 def summarize_blocks(norms: BlockNorms, blocks: Sequence[str]) -> list[dict[str, Any]]:
     """One row per block, in the order of ``blocks``.
 
-    Row keys: ``index`` (position in ``blocks``), ``name``, ``shape`` (list), ``norm_ratio``,
-    ``id_norm_mean``, ``jigsaw_norm_mean``, ``jigsaw_auroc`` (ID positive, scored by FeatureNorm).
+    Row keys: ``index`` (position in ``blocks``), ``name``, ``shape`` (list), ``id_norm_mean``,
+    and ``pseudo_ood``: ``{kind: {"norm_ratio", "norm_mean", "auroc"}}`` for every measured kind,
+    where ``auroc`` is of ID (positive) against that kind, scored by FeatureNorm. The jigsaw's
+    figures are also at the top level: ``norm_ratio``, ``jigsaw_norm_mean``, ``jigsaw_auroc``.
     """
     rows = []
     for index, name in enumerate(blocks):
         if name not in norms.id:
             raise UserError(f"no FeatureNorms were collected for block '{name}'; collected: {', '.join(norms.id)}")
-        id_norms, jigsaw_norms = norms.id[name], norms.jigsaw[name]
-        rows.append({
-            "index": index,
-            "name": name,
-            "shape": list(norms.shapes[name]),
-            "norm_ratio": norm_ratio(id_norms, jigsaw_norms),
-            "id_norm_mean": float(id_norms.double().mean()),
-            "jigsaw_norm_mean": float(jigsaw_norms.double().mean()),
-            "jigsaw_auroc": _auroc(id_norms, jigsaw_norms),
-        })
+        id_norms = norms.id[name]
+        per_kind = {kind: {"norm_ratio": norm_ratio(id_norms, values[name]),
+                           "norm_mean": float(values[name].double().mean()),
+                           "auroc": _auroc(id_norms, values[name])} for kind, values in norms.pseudo.items()}
+        row: dict[str, Any] = {"index": index, "name": name, "shape": list(norms.shapes[name])}
+        if JIGSAW in per_kind:
+            row["norm_ratio"] = per_kind[JIGSAW]["norm_ratio"]
+        row["id_norm_mean"] = float(id_norms.double().mean())
+        if JIGSAW in per_kind:
+            row["jigsaw_norm_mean"] = per_kind[JIGSAW]["norm_mean"]
+            row["jigsaw_auroc"] = per_kind[JIGSAW]["auroc"]
+        row["pseudo_ood"] = per_kind
+        rows.append(row)
     return rows
 
 
+def row_kinds(row: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``{kind: {"norm_ratio", "auroc", ...}}`` of a block row; rows written before the kinds existed hold the
+    jigsaw's figures at the top level only."""
+    if row.get("pseudo_ood"):
+        return dict(row["pseudo_ood"])
+    return {JIGSAW: {"norm_ratio": row.get("norm_ratio"), "norm_mean": row.get("jigsaw_norm_mean"),
+                     "auroc": row.get("jigsaw_auroc")}}
+
+
+def _finite_or(value: float | None, fallback: float) -> float:
+    return fallback if value is None or math.isnan(value) else float(value)
+
+
+def average_auroc_ranks(rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """Per block, its rank by ID-vs-kind AUROC (1 = best; ties share the average rank; NaN ranks last),
+    averaged over the kinds the rows hold. -> one float per row."""
+    from scipy.stats import rankdata
+
+    kinds = list(row_kinds(rows[0]))
+    ranks = np.zeros(len(rows))
+    for kind in kinds:
+        aurocs = np.array([_finite_or(row_kinds(row)[kind]["auroc"], -math.inf) for row in rows])
+        ranks += rankdata(-aurocs, method="average")
+    return (ranks / len(kinds)).tolist()
+
+
+def criterion_values(rows: Sequence[Mapping[str, Any]], criterion: str) -> list[float]:
+    """The figure ``criterion`` maximises, per row (see :data:`featurenorm.config.CRITERIA`).
+
+    ``norm_ratio`` and ``auroc`` read the jigsaw; ``mean_rank`` gives minus the average AUROC rank
+    over the kinds (:func:`average_auroc_ranks`), so that larger is better for every criterion.
+
+    Raises:
+        UserError: an unknown criterion, or one whose kinds were not measured.
+    """
+    if criterion not in CRITERIA:
+        raise UserError(f"unknown block selection criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
+    kinds = row_kinds(rows[0]) if rows else {}
+    if criterion == "mean_rank":
+        if len(kinds) < 2:
+            raise UserError(f"criterion 'mean_rank' combines several pseudo-OOD kinds, but only "
+                            f"{', '.join(kinds) or 'none'} was measured; pass e.g. --pseudo-ood "
+                            "jigsaw,pixel_shuffle,noise,mixup,blur")
+        return [-rank for rank in average_auroc_ranks(rows)]
+    if JIGSAW not in kinds:
+        raise UserError(f"criterion '{criterion}' reads the jigsaw puzzles, which were not measured "
+                        f"(pseudo-OOD: {', '.join(kinds)}); add jigsaw to the kinds or use --criterion mean_rank")
+    key = "norm_ratio" if criterion == "norm_ratio" else "auroc"
+    return [_finite_or(row_kinds(row)[JIGSAW][key], math.nan) for row in rows]
+
+
 def choose_block(rows: Sequence[dict[str, Any]], criterion: str = "norm_ratio") -> dict[str, Any]:
-    """The row maximising ``criterion`` ("norm_ratio" or "auroc"); the first one on ties; NaN never wins.
+    """The row maximising ``criterion`` (see :func:`criterion_values`); the first one on ties; NaN never wins.
 
     Returns:
         ``{"index": int, "name": str}``.
     """
-    if criterion not in CRITERIA:
-        raise UserError(f"unknown block selection criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
     if not rows:
         raise UserError("no blocks to choose from; list at least one block")
-    key = CRITERIA[criterion]
+    values = [-math.inf if math.isnan(v) else v for v in criterion_values(rows, criterion)]
+    best = max(range(len(rows)), key=lambda i: (values[i], -i))
+    return {"index": rows[best]["index"], "name": rows[best]["name"]}
 
-    def value(row: dict[str, Any]) -> float:
-        return -math.inf if math.isnan(row[key]) else row[key]
 
-    best = rows[0]
-    for row in rows[1:]:
-        if value(row) > value(best):
-            best = row
-    return {"index": best["index"], "name": best["name"]}
+def best_block_per_kind(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """``{kind: name of the block with the highest ID-vs-kind AUROC}`` (the first one on ties)."""
+    best = {}
+    for kind in row_kinds(rows[0]):
+        aurocs = [_finite_or(row_kinds(row)[kind]["auroc"], -math.inf) for row in rows]
+        best[kind] = rows[max(range(len(rows)), key=lambda i: (aurocs[i], -i))]["name"]
+    return best
+
+
+def selection_warnings(rows: Sequence[Mapping[str, Any]], criterion: str,
+                       weak_auroc: float = WEAK_AUROC) -> list[str]:
+    """One-line warnings about the evidence behind a choice (empty when there is nothing to say).
+
+    - weak: at every block, ID-vs-pseudo-OOD AUROC is at most ``weak_auroc`` for every kind the
+      criterion reads (the jigsaw for ``norm_ratio``/``auroc``, all kinds for ``mean_rank``);
+    - disagreement: the measured kinds' best blocks (by AUROC) differ.
+    """
+    if not rows:
+        return []
+    kinds = list(row_kinds(rows[0]))
+    read = kinds if criterion == "mean_rank" else [JIGSAW]
+    notes = []
+    best_auroc = {kind: max(_finite_or(row_kinds(row)[kind]["auroc"], -math.inf) for row in rows)
+                  for kind in read if kind in kinds}
+    if best_auroc and all(value <= weak_auroc for value in best_auroc.values()):
+        figures = ", ".join(f"{kind} {value:.2f}" for kind, value in best_auroc.items())
+        notes.append(f"the block choice is weakly supported: the best ID-vs-pseudo-OOD AUROC over all blocks is "
+                     f"{figures} (at most {weak_auroc:.2f}); these pseudo-OOD images barely differ from ID ones "
+                     "at any block")
+    best = best_block_per_kind(rows)
+    if len(set(best.values())) > 1:
+        notes.append("the pseudo-OOD kinds disagree on the best block (by AUROC): "
+                     + ", ".join(f"{kind} {name}" for kind, name in best.items()))
+    return notes
 
 
 def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] | int | None = None) -> str:
@@ -191,48 +295,92 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
+    table = "\n".join([render(header), rule] + [render(line) for line in body])
+    kinds = list(row_kinds(rows[0])) if rows else []
+    if len(kinds) < 2:
+        return table
+    return table + "\n\nper pseudo-OOD kind: NormRatio / AUROC of ID vs. that kind; mean rank by AUROC over the kinds\n" \
+        + _kind_table(rows, selected_index, kinds)
+
+
+def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
+    ranks = average_auroc_ranks(rows)
+    header = [" ", "index", "block"] + list(kinds) + ["mean rank"]
+    body = [["*" if row["index"] == selected_index else "", str(row["index"]), row["name"]]
+            + [f"{row_kinds(row)[kind]['norm_ratio']:.3f} / {row_kinds(row)[kind]['auroc']:.3f}" for kind in kinds]
+            + [f"{rank:.2f}"] for row, rank in zip(rows, ranks)]
+    widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        return "  ".join(cell.ljust(width) if col == 2 else cell.rjust(width)
+                         for col, (cell, width) in enumerate(zip(line, widths))).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
     return "\n".join([render(header), rule] + [render(line) for line in body])
 
 
 # ------------------------------------------------------------------------------ the select_block run
-def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
                          blocks: Sequence[str], grid: int, amp: torch.dtype | None = None,
-                         progress: bool = True) -> BlockNorms:
+                         progress: bool = True, *, kinds: Sequence[str] = (JIGSAW,),
+                         mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int = 0,
+                         stream: int = 0) -> BlockNorms:
     """Like :func:`collect_block_norms`, with each image's puzzle permutation given by the loader.
 
     Drawing the permutations once for the whole data set (rather than per batch) ties each
-    puzzle to its image, so the result does not depend on batching or on sharding.
+    puzzle to its image, so the jigsaw's result does not depend on batching or on sharding. The
+    other kinds are drawn batch by batch on the device, one generator per kind
+    (:func:`featurenorm.data.pseudo_ood.kind_generator` of ``seed`` and ``stream``), so they are
+    reproducible for a given seed, batch size and number of ranks.
 
     Args:
-        loader: yields ``(images (B, C, H, W), permutations (B, grid*grid))``.
+        loader: yields ``(images (B, C, H, W), permutations (B, grid*grid))``; the permutations
+            may be None when the jigsaw is not among ``kinds``.
+        kinds: pseudo-OOD kinds; each batch is one forward pass over ``cat([x] + [kind(x) ...])``.
+        mean, std: the images' normalization per channel (default: the config's defaults).
+        seed, stream: seed the kinds other than the jigsaw; ``stream`` separates torchrun ranks.
     """
     from .data.jigsaw import apply_permutation
+    from .data.pseudo_ood import kind_generator, make_pseudo_ood
     from .runtime import autocast, progress_bar
 
+    kinds = list(kinds)
+    mean = list(mean) if mean is not None else Config().mean
+    std = list(std) if std is not None else Config().std
     id_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
-    jigsaw_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
+    pseudo_parts: dict[str, dict[str, list[torch.Tensor]]] = {kind: {name: [] for name in blocks} for kind in kinds}
     shapes: dict[str, tuple[int, ...]] = {}
+    generators: dict[str, torch.Generator] = {}
     model.eval()
     bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc="block norms", leave=False,
                        disable=not progress)
     with torch.inference_mode(), FeatureTap(model, blocks, stop_after_last=True) as tap:
         for images, permutations in loader:
             size = images.shape[0]
-            puzzles = images.clone() if grid == 1 else apply_permutation(images, permutations, grid)
+            pseudo = []
+            for kind in kinds:
+                if kind == JIGSAW:  # from the per-image table, so that each puzzle stays tied to its image
+                    pseudo.append(images.clone() if grid == 1 else apply_permutation(images, permutations, grid))
+                    continue
+                if kind not in generators:
+                    generators[kind] = kind_generator(seed, kind, images.device, stream)
+                pseudo.append(make_pseudo_ood(kind, images, generators[kind], mean=mean, std=std, grid=grid))
             with autocast(amp, images.device):
-                tap.run(model, torch.cat([images, puzzles]))
+                tap.run(model, torch.cat([images] + pseudo))
             # kept on the device: a copy to the CPU per block and batch would stall a GPU every batch
             for name in tap.blocks:
                 values = tap.values[name].float()
                 id_parts[name].append(values[:size])
-                jigsaw_parts[name].append(values[size:])
+                for position, kind in enumerate(kinds, start=1):
+                    pseudo_parts[kind][name].append(values[position * size:(position + 1) * size])
             shapes.update(tap.shapes)
             bar.update(1)
     bar.close()
     if not shapes:
         raise UserError("block selection got no images; check the ID training set")
     return BlockNorms(id={n: torch.cat(p).cpu() for n, p in id_parts.items()},
-                      jigsaw={n: torch.cat(p).cpu() for n, p in jigsaw_parts.items()},
+                      pseudo={kind: {n: torch.cat(p).cpu() for n, p in parts.items()}
+                              for kind, parts in pseudo_parts.items()},
                       shapes={n: shapes[n] for n in blocks})
 
 
@@ -242,11 +390,13 @@ class BlockSelection:
 
     Attributes:
         rows: per block, in forward order: ``index``, ``name``, ``shape``, ``norm_ratio``,
-            ``id_norm_mean``, ``jigsaw_norm_mean``, ``jigsaw_auroc`` (see :func:`summarize_blocks`).
+            ``id_norm_mean``, ``jigsaw_norm_mean``, ``jigsaw_auroc`` and ``pseudo_ood`` (per kind:
+            ``norm_ratio``, ``norm_mean``, ``auroc``; see :func:`summarize_blocks`).
         selected: ``{"index": int, "name": str}``, the row that maximises ``criterion``.
-        criterion: ``norm_ratio`` (the paper's rule) or ``auroc``.
+        criterion: one of :data:`featurenorm.config.CRITERIA`; ``norm_ratio`` is the paper's rule.
         grid, seed, num_samples: how the puzzles were made, and from how many ID images.
         arch, checkpoint: provenance written into ``block_selection.json`` (None when unknown).
+        pseudo_ood: the kinds measured, in order.
     """
 
     rows: list[dict[str, Any]]
@@ -257,13 +407,15 @@ class BlockSelection:
     num_samples: int
     arch: str | None = None
     checkpoint: str | None = None
+    pseudo_ood: tuple[str, ...] = (JIGSAW,)
 
     @classmethod
     def from_norms(cls, norms: BlockNorms, blocks: Sequence[str], criterion: str, grid: int, seed: int,
                    **provenance: Any) -> "BlockSelection":
         rows = summarize_blocks(norms, blocks)
         num_samples = int(next(iter(norms.id.values())).numel())
-        return cls(rows, choose_block(rows, criterion), criterion, grid, seed, num_samples, **provenance)
+        return cls(rows, choose_block(rows, criterion), criterion, grid, seed, num_samples,
+                   pseudo_ood=tuple(norms.pseudo), **provenance)
 
     @property
     def block(self) -> str:
@@ -273,15 +425,44 @@ class BlockSelection:
     def to_dict(self) -> dict[str, Any]:
         """The ``block_selection.json`` schema."""
         return {"arch": self.arch, "checkpoint": self.checkpoint, "num_samples": self.num_samples, "grid": self.grid,
-                "seed": self.seed, "criterion": self.criterion, "blocks": self.rows, "selected": self.selected}
+                "seed": self.seed, "criterion": self.criterion, "pseudo_ood": list(self.pseudo_ood),
+                "blocks": self.rows, "selected": self.selected}
+
+    def warnings(self, weak_auroc: float = WEAK_AUROC) -> list[str]:
+        """One-line notes on weak or conflicting evidence (see :func:`selection_warnings`)."""
+        return selection_warnings(self.rows, self.criterion, weak_auroc)
 
     def plot(self, path, title: str | None = None):
-        """Bar chart of NormRatio per block, the selected one highlighted; returns the path written."""
+        """Bar chart of NormRatio per block, the selected one highlighted (with several kinds, also each
+        kind's NormRatio and AUROC); returns the path written."""
         from . import report
 
         what = self.arch or "model"
         title = title or f"{what}: NormRatio per block ({self.num_samples} ID images, grid {self.grid})"
         return report.plot_norm_ratio(self.rows, self.selected, path, title=title)
+
+
+def _emit_warnings(selection: BlockSelection) -> None:
+    for note in selection.warnings():
+        warnings.warn(note, stacklevel=3)
+
+
+def check_pseudo_ood(kinds: str | Sequence[str], criterion: str = "norm_ratio") -> list[str]:
+    """The kinds to measure, validated: registered names, the jigsaw among them, enough for ``criterion``.
+
+    Raises:
+        ValueError: an unknown kind, a list without the jigsaw, or one kind for ``mean_rank``.
+    """
+    from .data.pseudo_ood import parse_pseudo_ood
+
+    names = parse_pseudo_ood(kinds)
+    if JIGSAW not in names:
+        raise ValueError(f"pseudo-OOD kinds must include jigsaw, the paper's kind that the table and the norm_ratio "
+                         f"and auroc criteria read; got {', '.join(names)}")
+    if criterion == "mean_rank" and len(names) < 2:
+        raise ValueError("criterion 'mean_rank' combines several pseudo-OOD kinds; list more than the jigsaw, "
+                         "e.g. jigsaw,pixel_shuffle,noise,mixup,blur")
+    return names
 
 
 def _first_images(loader: Iterable[Any], limit: int | None) -> Iterable[torch.Tensor]:
@@ -299,7 +480,8 @@ def _first_images(loader: Iterable[Any], limit: int | None) -> Iterable[torch.Te
 
 def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] | None = None, *, grid: int = 3,
                  num_samples: int | None = None, seed: int = 0, criterion: str = "norm_ratio",
-                 progress: bool = False) -> BlockSelection:
+                 pseudo_ood: str | Sequence[str] = (JIGSAW,), mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, progress: bool = False) -> BlockSelection:
     """NormRatio block selection for any model: ID images against their own jigsaw puzzles.
 
     Example::
@@ -316,8 +498,15 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
         grid: jigsaw grid (3 = 3x3 tiles, the paper's).
         num_samples: use only the first N images the loader yields (shuffle the loader for a random subset).
         seed: seeds the puzzle permutations.
-        criterion: ``norm_ratio`` (the paper's) or ``auroc`` (ID vs. puzzles, by FeatureNorm).
+        criterion: ``norm_ratio`` (the paper's), ``auroc`` (ID vs. puzzles, by FeatureNorm) or
+            ``mean_rank`` (several kinds; see :data:`featurenorm.config.CRITERIA`).
+        pseudo_ood: the pseudo-OOD kinds to measure, a list or ``"jigsaw,blur"`` or ``"all"``
+            (see :mod:`featurenorm.data.pseudo_ood`); the jigsaw must be among them.
+        mean, std: the loader's normalization per channel (default: the config's defaults, 0.5);
+            the ``noise`` kind clips to the valid pixel range with them.
         progress: show a progress bar.
+
+    Weak or conflicting evidence (see :meth:`BlockSelection.warnings`) is reported with ``warnings.warn``.
     """
     from .models.blocks import candidate_blocks
 
@@ -327,18 +516,25 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
         raise ValueError(f"grid must be at least 1, got {grid}")
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    kinds = check_pseudo_ood(pseudo_ood, criterion)
     blocks = list(blocks) if blocks is not None else candidate_blocks(model)
     norms = collect_block_norms(model, _first_images(loader, num_samples), blocks, grid,
-                                generator=torch.Generator().manual_seed(seed), progress=progress)
-    return BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=type(model).__name__)
+                                generator=torch.Generator().manual_seed(seed), progress=progress, kinds=kinds,
+                                mean=mean, std=std)
+    selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=type(model).__name__)
+    _emit_warnings(selection)
+    return selection
 
 
 def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = None, grid: int | None = None,
-                  seed: int | None = None, criterion: str | None = None, progress: bool = True) -> BlockSelection:
+                  seed: int | None = None, criterion: str | None = None, progress: bool = True,
+                  pseudo_ood: str | Sequence[str] | None = None) -> BlockSelection:
     """select_block.py: NormRatio of every block on the ID training images; writes the JSON and the plot.
 
     The puzzle permutations are drawn once for the seeded subsample, so that the result does not depend
-    on batching or on torchrun sharding. Returns the selection on every rank; rank 0 writes.
+    on batching or on torchrun sharding. ``pseudo_ood`` (default: the config's ``pseudo_ood``) adds other
+    kinds, each measured in the same forward pass. Returns the selection on every rank; rank 0 writes and
+    reports weak or conflicting evidence with ``warnings.warn``.
     """
     from . import io
     from .checkpoint import default_checkpoint, load_for_config
@@ -357,6 +553,10 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         raise UserError(f"--grid must be at least 1, got {grid}")
     if num_samples is not None and num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples}")
+    try:
+        kinds = check_pseudo_ood(pseudo_ood if pseudo_ood is not None else cfg.pseudo_ood, criterion)
+    except ValueError as err:
+        raise UserError(f"--pseudo-ood / pseudo_ood: {err}") from None
     info, device = init_distributed(cfg)
     try:
         path = default_checkpoint(cfg, checkpoint)
@@ -372,15 +572,18 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         mine = shard(len(chosen), info)
         loader = _selection_loader(cfg, split, chosen[mine], permutations[mine], device)
         norms = collect_paired_norms(model, loader, blocks, grid, amp_dtype(cfg, device),
-                                     progress=progress and info.is_main)
+                                     progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
+                                     seed=seed, stream=info.rank)
         norms.id = {n: gather_sharded(v, len(chosen), info) for n, v in norms.id.items()}
-        norms.jigsaw = {n: gather_sharded(v, len(chosen), info) for n, v in norms.jigsaw.items()}
+        norms.pseudo = {kind: {n: gather_sharded(v, len(chosen), info) for n, v in per_block.items()}
+                        for kind, per_block in norms.pseudo.items()}
         _check_finite_norms(norms, path)
         selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=cfg.arch,
                                               checkpoint=str(path))
         if info.is_main:
             io.write_json(cfg.save_dir / "block_selection.json", selection.to_dict())
             selection.plot(cfg.save_dir / "norm_ratio.png")
+            _emit_warnings(selection)
         return selection
     finally:
         shutdown_distributed()
@@ -388,7 +591,7 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
 
 def _check_finite_norms(norms: BlockNorms, checkpoint) -> None:
     """A NaN/inf FeatureNorm means a broken model, not a worse block: stop instead of selecting around it."""
-    for kind, per_block in (("ID", norms.id), ("jigsaw", norms.jigsaw)):
+    for kind, per_block in [("ID", norms.id)] + list(norms.pseudo.items()):
         for name, values in per_block.items():
             bad = int((~torch.isfinite(values)).sum())
             if bad:

@@ -39,7 +39,13 @@ def test_report_holds_every_figure_with_positive_rates_and_memory(tiny_report):
         assert len(entry["ratios"]) == 1 and entry["ratio"] == entry["ratios"][0]
         # the ratio is measured / baseline throughput of the same repetition
         assert entry["ratio"] == pytest.approx(entry["images_per_s"] / entry["baseline_images_per_s"], rel=1e-9)
-        assert entry["met"] == target_met(figure, entry["ratio"], results["shared_pass_speedup"]["k"])
+    # the goals as the README states them, written out here rather than read from benchmark.TARGETS
+    k = results["shared_pass_speedup"]["k"]
+    goals = {"eval_scoring_vs_forward": lambda r: r >= 0.90, "featurenorm_early_exit_vs_forward": lambda r: r > 1.0,
+             "selection_vs_forward": lambda r: r >= 0.85, "train_pipeline_vs_compute": lambda r: r >= 0.95,
+             "shared_pass_speedup": lambda r: r >= 0.90 * k}
+    for figure, entry in results.items():
+        assert entry["met"] is goals[figure](entry["ratio"]), figure
     assert tiny_report["peak_rss_mib"] > 0
     assert tiny_report["settings"]["width"] == 0.125 and tiny_report["settings"]["batch_size"] == 8
     assert tiny_report["machine"]["device"] == "cpu" and tiny_report["machine"]["amp"] == "fp32"

@@ -168,8 +168,35 @@ def test_config_must_be_an_object_and_exist(tmp_path):
         load_config(tmp_path / "nope.json")
 
 
-def test_config_error_is_a_user_error():
-    assert issubclass(ConfigError, UserError)
+def test_config_errors_reach_the_user_as_one_line_and_exit_status_2(tmp_path, capsys):
+    from featurenorm.cli import select_main
+    from featurenorm.errors import run_cli
+
+    path = write_config(tmp_path, {**MINIMAL, "criterion": "best"})
+    assert run_cli(select_main, ["--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"error: {path}: config key 'criterion' must be one of norm_ratio, auroc, mean_rank, "
+                            "got 'best'\n")
+    assert captured.out == ""
+
+
+def test_criteria_are_listed_once_for_the_config_and_the_command_line(capsys):
+    from featurenorm import selection
+    from featurenorm.cli import select_main
+    from featurenorm.config import CHOICES, CRITERIA
+
+    assert selection.CRITERIA is CRITERIA and CHOICES["criterion"] == tuple(CRITERIA)
+    assert list(CRITERIA) == ["norm_ratio", "auroc", "mean_rank"]
+    with pytest.raises(SystemExit):
+        select_main(["--help"])
+    assert "--criterion {norm_ratio,auroc,mean_rank}" in capsys.readouterr().out
+
+
+def test_pseudo_ood_key():
+    assert load_config(None, ["pseudo_ood=jigsaw,blur"], base=MINIMAL).pseudo_ood == ["jigsaw", "blur"]
+    assert Config().pseudo_ood == ["jigsaw"]
+    with pytest.raises(ConfigError, match="'pseudo_ood' must list at least one pseudo-OOD kind"):
+        load_config(None, ['pseudo_ood=[]'], base=MINIMAL)
 
 
 def test_to_dict_round_trips_through_from_dict():

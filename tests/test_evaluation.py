@@ -113,17 +113,67 @@ def test_featurenorm_scores_equal_block_feature_norms_at_the_selected_block(eval
     assert results["id_accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
 
-def test_all_blocks_analysis_and_plots(evaluated):
-    cfg, results, _ = evaluated
+def unrolled_block_outputs(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every residual block's output of the CIFAR ResNet-18, by calling its modules one after another."""
+    outputs = {}
+    with torch.inference_mode():
+        out = torch.relu(model.bn1(model.conv1(images)))
+        for stage in range(1, 5):
+            for index, block in enumerate(getattr(model, f"layer{stage}")):
+                out = block(out)
+                outputs[f"layer{stage}.{index}"] = out
+    return outputs
+
+
+def pairwise_auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(positive > negative) + P(equal) / 2, over every pair."""
+    greater = (positive[:, None] > negative[None, :]).mean()
+    equal = (positive[:, None] == negative[None, :]).mean()
+    return float(greater + equal / 2)
+
+
+def test_all_blocks_analysis_equals_an_unrolled_computation(evaluated):
+    """per_block: FeatureNorm (the paper's formula) of each block's output, from a forward pass unrolled by hand,
+    against every OOD set, by the AUROC's definition."""
+    from featurenorm.data.ood import open_ood, resolve_ood_sources
+
+    cfg, results, specs = evaluated
     model, _ = load_checkpoint(cfg.save_dir / "last.pt")
+    model.eval()
     assert list(results["per_block"]) == model.block_names
-    block = results["block"]["name"]
-    # the per-block entry of the selected block is the featurenorm method itself
-    for set_name in ("photos", "gray"):
-        assert results["per_block"][block][set_name]["auroc"] == pytest.approx(
-            results["methods"]["featurenorm"][set_name]["auroc"], abs=1e-12)
+
+    def feature_norms(images: torch.Tensor) -> dict[str, np.ndarray]:
+        # FN(z) = 1/C sum_c || ReLU(z_c) ||_2 over the spatial positions
+        return {name: z.clamp_min(0).pow(2).sum(dim=(2, 3)).sqrt().mean(dim=1).double().numpy()
+                for name, z in unrolled_block_outputs(model, images).items()}
+
+    split = load_split(cfg, train=False)
+    id_images = next(iter(DeviceLoader(split.images, split.labels, 10_000, train=False, mean=cfg.mean, std=cfg.std,
+                                       device=torch.device("cpu"))))[0]
+    id_norms = feature_norms(id_images)
+    sources, _ = resolve_ood_sources(cfg, specs, "digits")
+    for source in sources:
+        ood_images = torch.cat([batch[0] if isinstance(batch, (tuple, list)) else batch
+                                for batch in open_ood(source, cfg, "cpu")])
+        ood_norms = feature_norms(ood_images)
+        for block in model.block_names:
+            expected = pairwise_auroc(id_norms[block], ood_norms[block])
+            assert results["per_block"][block][source.name]["auroc"] == pytest.approx(expected, abs=1e-9), block
     for name in ("norm_ratio.png", "feature_norm_hist.png", "norm_ratio_vs_auroc.png"):
         assert (cfg.save_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_oracle_gap_names_the_best_block_in_hindsight(evaluated):
+    cfg, results, _ = evaluated
+    averages = {block: (per_set["photos"]["auroc"] + per_set["gray"]["auroc"]) / 2
+                for block, per_set in results["per_block"].items()}
+    best = max(averages.values())
+    oracle = json.loads((cfg.save_dir / "ood_results.json").read_text())["oracle"]
+    assert oracle["best_block"] == next(block for block, value in averages.items() if value == best)
+    assert oracle["best_auroc"] == pytest.approx(best, abs=1e-12)
+    assert oracle["selected_block"] == results["block"]["name"]
+    assert oracle["selected_auroc"] == pytest.approx(averages[results["block"]["name"]], abs=1e-12)
+    assert oracle["difference"] == pytest.approx(best - averages[results["block"]["name"]], abs=1e-12)
 
 
 def test_one_forward_per_batch_for_all_one_pass_methods(trained_digits_run):

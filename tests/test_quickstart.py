@@ -31,6 +31,18 @@ def test_quickstart_runs_the_chain_then_reuses_it(tmp_path):
     assert "NormRatio" in done.stdout and "* " in done.stdout and selection["selected"]["name"] in done.stdout
     assert "| featurenorm |" in done.stdout and "| msp |" in done.stdout
     assert str(tmp_path / "norm_ratio_vs_auroc.png") in done.stdout and "(missing)" not in done.stdout
+    # the oracle gap, in the JSON and printed: best block in hindsight, its AUROC, the selected block's, the gap
+    oracle = results["oracle"]
+    per_block = {block: metrics["average"]["auroc"] for block, metrics in results["per_block"].items()}
+    assert oracle["best_auroc"] == max(per_block.values()) == per_block[oracle["best_block"]]
+    assert oracle["selected_block"] == selection["selected"]["name"]
+    assert oracle["difference"] == oracle["best_auroc"] - per_block[oracle["selected_block"]]
+    assert (f"oracle gap: best block {oracle['best_block']} {100 * oracle['best_auroc']:.2f}, selected block "
+            f"{oracle['selected_block']} {100 * oracle['selected_auroc']:.2f}, difference "
+            f"{100 * oracle['difference']:.2f} AUROC points") in done.stdout
+    # conf/digits.json measures every pseudo-OOD kind: the per-kind table is printed
+    assert selection["pseudo_ood"] == ["jigsaw", "pixel_shuffle", "noise", "mixup", "blur"]
+    assert "per pseudo-OOD kind" in done.stdout
 
     again = quickstart(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

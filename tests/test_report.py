@@ -300,9 +300,28 @@ def test_plot_norm_ratio_vs_auroc_writes_png(tmp_path):
                                "average": _metrics(0.5, 0.6 + 0.1 * i, 0.5, 0.5)}
                  for i, row in enumerate(BLOCK_ROWS[:3])}  # layer4.0 missing: a gap in the line
     path = report.plot_norm_ratio_vs_auroc(BLOCK_ROWS, per_block, tmp_path / "ratio_auroc.png", selected=SELECTED)
-    _assert_png(path, report.bar_figure_size(4))
+    _assert_png(path, report.bar_figure_size(4, panels=2))  # NormRatio vs AUROC above, the rankings below
     np.testing.assert_allclose(report._per_block_auroc_percent([r["name"] for r in BLOCK_ROWS], per_block),
                                [60.0, 70.0, 80.0, np.nan])
+
+
+KIND_ROWS = [{**row, "pseudo_ood": {"jigsaw": {"norm_ratio": row["norm_ratio"], "norm_mean": 1.0, "auroc": auroc},
+                                    "blur": {"norm_ratio": 2.0, "norm_mean": 1.0, "auroc": blur}}}
+             for row, auroc, blur in zip(BLOCK_ROWS, [0.6, 0.4, 0.9, 0.7], [0.95, 0.95, 0.5, None])]
+
+
+def test_plots_with_several_kinds_show_each_kind(tmp_path):
+    path = report.plot_norm_ratio(KIND_ROWS, SELECTED, tmp_path / "norm_ratio.png")
+    _assert_png(path, report.bar_figure_size(4, panels=2))  # a second panel: each kind's AUROC per block
+    figures = report._kind_figures(KIND_ROWS, "auroc")
+    assert list(figures) == ["jigsaw", "blur"]
+    np.testing.assert_array_equal(figures["blur"], [0.95, 0.95, 0.5, np.nan])
+    # rank 1 = largest; the tie shares 1.5; a missing value ranks last
+    np.testing.assert_array_equal(report._descending_ranks(figures["blur"]), [1.5, 1.5, 3.0, 4.0])
+    np.testing.assert_array_equal(report._descending_ranks(figures["jigsaw"]), [3.0, 4.0, 1.0, 2.0])
+    per_block = {row["name"]: {"average": _metrics(0.5, 0.9 - 0.1 * i, 0.5, 0.5)} for i, row in enumerate(KIND_ROWS)}
+    path = report.plot_norm_ratio_vs_auroc(KIND_ROWS, per_block, tmp_path / "vs.png", selected=SELECTED)
+    _assert_png(path, report.bar_figure_size(4, panels=2))
 
 
 def test_plot_failure_keeps_existing_png_and_closes_figure(tmp_path, monkeypatch):
@@ -319,3 +338,13 @@ def test_plot_failure_keeps_existing_png_and_closes_figure(tmp_path, monkeypatch
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["norm_ratio.png"]
     assert plt.get_fignums() == []
+
+
+def test_per_block_text_lists_each_sets_auroc_and_marks_the_scored_block():
+    results = {"block": {"name": "layer2.0"},
+               "per_block": {"layer1.0": {"svhn": _metrics(0.5, 0.91234, 0.5, 0.5), "average": _metrics(0.5, 0.9, 0.5, 0.5)},
+                             "layer2.0": {"svhn": _metrics(0.5, 0.5, 0.5, 0.5), "average": _metrics(0.5, 0.625, 0.5, 0.5)}}}
+    assert report.per_block_text(results).splitlines() == ["block       svhn  average",
+                                                            "layer1.0   91.23    90.00",
+                                                            "layer2.0*  50.00    62.50"]
+    assert report.per_block_text({"methods": {}}) == ""

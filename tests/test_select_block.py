@@ -95,3 +95,55 @@ def test_channels_last_gives_the_same_selection(run_dir, trained_digits_run):
     assert channels_last["selected"] == plain["selected"]
     for a, b in zip(plain["blocks"], channels_last["blocks"]):
         assert b["norm_ratio"] == pytest.approx(a["norm_ratio"], rel=1e-5)
+
+
+KINDS = ["jigsaw", "pixel_shuffle", "noise", "mixup", "blur"]
+
+
+def test_every_kind_per_block_and_the_mean_rank_criterion(run_dir):
+    done = run_cli(run_dir, "--num-samples", "60", "--pseudo-ood", ",".join(KINDS), "--criterion", "mean_rank")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run_dir / "block_selection.json").read_text())
+    assert result["pseudo_ood"] == KINDS and result["criterion"] == "mean_rank" and len(result["blocks"]) == 8
+    for row in result["blocks"]:
+        assert list(row["pseudo_ood"]) == KINDS
+        assert row["pseudo_ood"]["jigsaw"] == {"norm_ratio": row["norm_ratio"], "norm_mean": row["jigsaw_norm_mean"],
+                                               "auroc": row["jigsaw_auroc"]}
+        assert all(0 <= figures["auroc"] <= 1 and figures["norm_ratio"] > 0 for figures in row["pseudo_ood"].values())
+
+    def average_rank(row: dict) -> float:  # 1 + blocks ahead + half the blocks level with it, mean over kinds
+        total = 0.0
+        for kind in KINDS:
+            mine = row["pseudo_ood"][kind]["auroc"]
+            others = [b["pseudo_ood"][kind]["auroc"] for b in result["blocks"] if b is not row]
+            total += 1 + sum(a > mine for a in others) + 0.5 * sum(a == mine for a in others)
+        return total / len(KINDS)
+
+    ranks = [average_rank(row) for row in result["blocks"]]
+    best = result["blocks"][ranks.index(min(ranks))]
+    assert result["selected"] == {"index": best["index"], "name": best["name"]}
+    assert f"{min(ranks):.2f}" in done.stdout and "mean rank" in done.stdout
+
+    # one warning line when the kinds' best blocks differ, naming each
+    best_per_kind = {kind: max(result["blocks"], key=lambda b: b["pseudo_ood"][kind]["auroc"])["name"]
+                     for kind in KINDS}
+    disagreement = [line for line in done.stderr.splitlines() if "disagree" in line]
+    assert len(disagreement) == (1 if len(set(best_per_kind.values())) > 1 else 0)
+    if disagreement:
+        assert disagreement[0].startswith("warning: the pseudo-OOD kinds disagree on the best block")
+        assert all(f"{kind} {name}" in disagreement[0] for kind, name in best_per_kind.items())
+
+
+def test_a_combined_criterion_needs_several_kinds(run_dir, capsys):
+    from featurenorm.cli import select_main
+    from featurenorm.errors import run_cli as run_in_process
+
+    common = ["--config", str(REPO / "conf" / "digits.json"), "--set", f"save_path={run_dir}", "--no-progress"]
+    assert run_in_process(select_main, common + ["--pseudo-ood", "jigsaw", "--criterion", "mean_rank"]) == 2
+    assert capsys.readouterr().err == ("error: --pseudo-ood / pseudo_ood: criterion 'mean_rank' combines several "
+                                       "pseudo-OOD kinds; list more than the jigsaw, e.g. "
+                                       "jigsaw,pixel_shuffle,noise,mixup,blur\n")
+    assert run_in_process(select_main, common + ["--pseudo-ood", "jigsaw,swirl"]) == 2
+    assert "unknown pseudo-OOD kind 'swirl'" in capsys.readouterr().err
+    assert run_in_process(select_main, common + ["--pseudo-ood", "noise,blur"]) == 2
+    assert "must include jigsaw" in capsys.readouterr().err

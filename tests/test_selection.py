@@ -9,8 +9,9 @@ from featurenorm.data.jigsaw import jigsaw
 from featurenorm.errors import UserError
 from featurenorm.features import block_feature_norms
 from featurenorm.models import build_model
-from featurenorm.selection import (BlockNorms, _auroc, choose_block, collect_block_norms, format_block_table,
-                                   norm_ratio, summarize_blocks)
+from featurenorm.data.pseudo_ood import kind_generator, make_pseudo_ood
+from featurenorm.selection import (BlockNorms, _auroc, average_auroc_ranks, choose_block, collect_block_norms,
+                                   format_block_table, norm_ratio, select_block, selection_warnings, summarize_blocks)
 
 
 def test_norm_ratio_hand_numbers():
@@ -43,7 +44,7 @@ def test_auroc_hand_numbers_and_sklearn_with_ties():
 def hand_norms() -> BlockNorms:
     return BlockNorms(
         id={"a": torch.tensor([2.0, 4.0]), "b": torch.tensor([3.0, 1.0])},
-        jigsaw={"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([1.0, 2.0])},
+        pseudo={"jigsaw": {"a": torch.tensor([1.0, 4.0]), "b": torch.tensor([1.0, 2.0])}},
         shapes={"a": (8, 4, 4), "b": (16, 2, 2)},
     )
 
@@ -53,7 +54,9 @@ def test_summarize_blocks_rows():
     assert rows[0] == {"index": 0, "name": "a", "shape": [8, 4, 4], "norm_ratio": pytest.approx(1.5),
                        "id_norm_mean": pytest.approx(3.0), "jigsaw_norm_mean": pytest.approx(2.5),
                        # pairs (id, jig): 2>1, 2<4, 4>1, 4=4 -> 2.5 / 4
-                       "jigsaw_auroc": pytest.approx(0.625)}
+                       "jigsaw_auroc": pytest.approx(0.625),
+                       "pseudo_ood": {"jigsaw": {"norm_ratio": pytest.approx(1.5), "norm_mean": pytest.approx(2.5),
+                                                 "auroc": pytest.approx(0.625)}}}
     assert rows[1]["norm_ratio"] == pytest.approx(1.75)  # (3/1 + 1/2) / 2
     assert rows[1]["jigsaw_auroc"] == pytest.approx(0.625)  # 3>1, 3>2, 1=1, 1<2 -> 2.5 / 4
     with pytest.raises(UserError, match="block 'c'"):
@@ -136,3 +139,92 @@ def test_collect_block_norms_without_images_is_a_user_error():
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
     with pytest.raises(UserError, match="no images"):
         collect_block_norms(model, [], ["1"], progress=False)
+
+
+# ------------------------------------------------------------------------------ several pseudo-OOD kinds
+def kind_rows(aurocs: dict[str, list[float]], ratios: list[float] | None = None) -> list[dict]:
+    """Block rows holding each kind's AUROC per block (NormRatio 1 unless given for the jigsaw)."""
+    count = len(next(iter(aurocs.values())))
+    ratios = ratios or [1.0] * count
+    return [{"index": i, "name": f"block{i}", "shape": [4], "norm_ratio": ratios[i], "id_norm_mean": 1.0,
+             "jigsaw_norm_mean": 1.0, "jigsaw_auroc": aurocs["jigsaw"][i],
+             "pseudo_ood": {kind: {"norm_ratio": ratios[i] if kind == "jigsaw" else 1.0, "norm_mean": 1.0,
+                                   "auroc": values[i]} for kind, values in aurocs.items()}} for i in range(count)]
+
+
+def test_summarize_blocks_gives_every_kind_its_norm_ratio_and_auroc():
+    norms = hand_norms()
+    norms.pseudo["blur"] = {"a": torch.tensor([4.0, 2.0]), "b": torch.tensor([0.5, 0.5])}
+    rows = summarize_blocks(norms, ["a", "b"])
+    # a: ratios 2/4, 4/2 -> 1.25; pairs (id, blur): 2<4, 2=2, 4=4, 4>2 -> (0 + .5 + .5 + 1) / 4 = 0.5
+    assert rows[0]["pseudo_ood"]["blur"] == {"norm_ratio": pytest.approx(1.25), "norm_mean": pytest.approx(3.0),
+                                             "auroc": pytest.approx(0.5)}
+    # b: ratios 3/0.5, 1/0.5 -> 4; every ID norm above every blurred one -> 1
+    assert rows[1]["pseudo_ood"]["blur"] == {"norm_ratio": pytest.approx(4.0), "norm_mean": pytest.approx(0.5),
+                                             "auroc": pytest.approx(1.0)}
+    assert rows[1]["norm_ratio"] == pytest.approx(1.75)  # the jigsaw's, at the top level as before
+
+
+def test_mean_rank_is_the_average_rank_over_kinds():
+    rows = kind_rows({"jigsaw": [0.9, 0.8, 0.6], "noise": [0.5, 0.7, 0.6], "blur": [0.7, 0.9, 0.9]})
+    # ranks (1 = best): jigsaw 1, 2, 3; noise 3, 1, 2; blur 3, 1.5, 1.5 -> means 7/3, 4.5/3, 6.5/3
+    assert average_auroc_ranks(rows) == pytest.approx([7 / 3, 1.5, 6.5 / 3])
+    assert choose_block(rows, "mean_rank") == {"index": 1, "name": "block1"}
+    assert choose_block(rows, "auroc") == {"index": 0, "name": "block0"}  # the jigsaw alone
+    with pytest.raises(UserError, match="combines several pseudo-OOD kinds"):
+        choose_block(kind_rows({"jigsaw": [0.9, 0.8]}), "mean_rank")
+
+
+def test_weak_evidence_and_disagreement_warnings():
+    weak = kind_rows({"jigsaw": [0.49, 0.52, 0.51]})
+    notes = selection_warnings(weak, "norm_ratio")
+    assert len(notes) == 1 and "weakly supported" in notes[0] and "jigsaw 0.52 (at most 0.60)" in notes[0]
+    assert selection_warnings(kind_rows({"jigsaw": [0.49, 0.61, 0.51]}), "norm_ratio") == []
+    several = kind_rows({"jigsaw": [0.55, 0.52, 0.51], "noise": [0.7, 0.9, 0.6]})
+    notes = selection_warnings(several, "norm_ratio")  # weak for the jigsaw, which norm_ratio reads
+    assert "jigsaw 0.55" in notes[0]
+    assert notes[1] == "the pseudo-OOD kinds disagree on the best block (by AUROC): jigsaw block0, noise block1"
+    assert selection_warnings(several, "mean_rank") == [notes[1]]  # noise separates well: not weak
+    assert "\n" not in "".join(notes)
+
+
+def test_format_block_table_adds_a_per_kind_table():
+    rows = kind_rows({"jigsaw": [0.9, 0.8], "noise": [0.5, 0.75]}, ratios=[1.5, 1.25])
+    lines = format_block_table(rows, {"index": 1, "name": "block1"}).splitlines()
+    assert lines[5] == "per pseudo-OOD kind: NormRatio / AUROC of ID vs. that kind; mean rank by AUROC over the kinds"
+    assert lines[6].split() == ["index", "block", "jigsaw", "noise", "mean", "rank"]
+    assert lines[8].split() == ["0", "block0", "1.500", "/", "0.900", "1.000", "/", "0.500", "1.50"]
+    assert lines[9].split() == ["*", "1", "block1", "1.250", "/", "0.800", "1.000", "/", "0.750", "1.50"]
+
+
+def test_collect_block_norms_measures_each_kind_like_a_direct_computation(tiny_model_and_batches):
+    model, batches = tiny_model_and_batches
+    kinds = ["jigsaw", "noise", "mixup"]
+    norms = collect_block_norms(model, batches, BLOCKS, generator=torch.Generator().manual_seed(5), progress=False,
+                                kinds=kinds, mean=[0.5] * 3, std=[0.25] * 3)
+    alone = collect_block_norms(model, batches, BLOCKS, generator=torch.Generator().manual_seed(5), progress=False)
+    assert list(norms.pseudo) == kinds
+    generators = {kind: kind_generator(5, kind, "cpu") for kind in ("noise", "mixup")}
+    for kind, generator in generators.items():
+        made = torch.cat([make_pseudo_ood(kind, batch, generator, mean=[0.5] * 3, std=[0.25] * 3)
+                          for batch in batches])
+        direct = block_feature_norms(model, made, BLOCKS)
+        for name in BLOCKS:
+            torch.testing.assert_close(norms.pseudo[kind][name], direct[name], rtol=1e-5, atol=1e-6)
+    for name in BLOCKS:  # adding kinds leaves the jigsaw's puzzles and the ID norms as they were
+        torch.testing.assert_close(norms.jigsaw[name], alone.jigsaw[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(norms.id[name], alone.id[name], rtol=1e-5, atol=1e-6)
+
+
+def test_select_block_warns_when_no_block_tells_puzzles_apart():
+    # every image gets the same FeatureNorm (a constant feature map): AUROC 0.5 everywhere
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+    nn.init.zeros_(model[0].weight)
+    nn.init.ones_(model[0].bias)
+    with pytest.warns(UserWarning, match=r"weakly supported: .* jigsaw 0\.50 \(at most 0\.60\)"):
+        selection = select_block(model, [torch.rand(6, 3, 8, 8)], ["0", "1"])
+    assert [row["jigsaw_auroc"] for row in selection.rows] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="must include jigsaw"):
+        select_block(model, [torch.rand(6, 3, 8, 8)], ["1"], pseudo_ood="noise,blur")
+    with pytest.raises(ValueError, match="combines several pseudo-OOD kinds"):
+        select_block(model, [torch.rand(6, 3, 8, 8)], ["1"], criterion="mean_rank")

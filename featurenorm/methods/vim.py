@@ -53,6 +53,21 @@ def vim_score(features: Tensor, logits: Tensor, origin: Tensor, null_space: Tens
     return torch.logsumexp(logits.double(), dim=1) - alpha * virtual_logit(features, origin, null_space)
 
 
+def default_vim_dim(feature_dim: int) -> int:
+    """The reference's principal dimension: 1000 for D >= 2048, 512 for D >= 768, else D // 2.
+
+    The ViM authors' ``benchmark.py`` (github.com/haoqiwang/vim) sets ``DIM = 1000 if D >= 2048
+    else 512``; their models all have D >= 768. Below that, 512 would leave little or no residual
+    space (none for a ResNet-18, D = 512), so ``D // 2`` is used there, as in the tiered rule of
+    OpenOOD-derived ViM postprocessors (OpenOOD itself reads ``dim`` from its config).
+    """
+    if feature_dim >= 2048:
+        return 1000
+    if feature_dim >= 768:
+        return 512
+    return feature_dim // 2
+
+
 @register_method
 class ViM(Method):
     """Virtual-logit matching (Wang et al., CVPR 2022, arXiv 2203.10807).
@@ -60,7 +75,7 @@ class ViM(Method):
     fit: u = -pinv(W) b; principal subspace = top ``vim_dim`` eigenvectors of the second moment of
     (f - u) over ID-train, NS = the remaining ones; alpha = sum max logit / sum vlogit over
     ID-train. score = ``logsumexp(logits) - alpha * ||(f - u) NS||``.
-    ``vim_dim = None`` uses ``D // 2`` (the reference code picks it per architecture).
+    ``vim_dim = None`` follows the reference's rule, :func:`default_vim_dim`.
     """
 
     name = "vim"
@@ -83,8 +98,8 @@ class ViM(Method):
         return {"vim_dim": self.principal_dim}
 
     def resolved_dim(self, feature_dim: int) -> int:
-        """The principal dimension for D = ``feature_dim``: ``vim_dim``, or ``D // 2`` if None."""
-        dim = feature_dim // 2 if self.principal_dim is None else self.principal_dim
+        """The principal dimension for D = ``feature_dim``: ``vim_dim``, or :func:`default_vim_dim` if None."""
+        dim = default_vim_dim(feature_dim) if self.principal_dim is None else self.principal_dim
         if not 1 <= dim < feature_dim:
             raise UserError(f"vim_dim={dim} must be in 1..{feature_dim - 1} for {feature_dim}-d features, "
                             "so that a residual space remains; lower vim_dim")
@@ -102,8 +117,14 @@ class ViM(Method):
         return state
 
     def load_state(self, state: dict[str, Tensor]) -> None:
+        null_space = state_tensor(state, "null_space", self.name).double()
+        feature_dim, residual_dim = null_space.shape
+        # a state fit under another dimension (e.g. cached before the default rule changed) must be refit
+        if feature_dim - residual_dim != self.resolved_dim(feature_dim):
+            raise ValueError(f"this ViM state has a {feature_dim - residual_dim}-d principal subspace, not the "
+                             f"{self.resolved_dim(feature_dim)}-d one asked for; fit it again")
         self.origin = state_tensor(state, "origin", self.name).double()
-        self.null_space = state_tensor(state, "null_space", self.name).double()
+        self.null_space = null_space
         self.alpha = state_tensor(state, "alpha", self.name).double()
 
     def score(self, out: Outputs, head: nn.Linear) -> Tensor:

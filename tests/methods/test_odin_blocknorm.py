@@ -15,15 +15,19 @@ def features_and_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x @ P, 2.0 * x.abs().sum(dim=1)
 
 
+STD = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)  # the normalization std of each input channel
+
+
 def odin_blocknorm_unrolled(x: torch.Tensor, temperature: float, epsilon: float) -> torch.Tensor:
-    """Each step written out: blocknorm logits, log max softmax, input gradient, step, score."""
+    """Each step written out: blocknorm logits, log max softmax, input gradient, step (eps / std per channel,
+    as in the ODIN reference code), score."""
     x = x.clone().requires_grad_(True)
     f = x @ P
     block_norm = 2.0 * x.abs().sum(dim=1)
     logits = (f / f.norm(dim=1, keepdim=True) * block_norm[:, None]) @ W.T + BIAS
     log_msp = torch.log_softmax(logits / temperature, dim=1).max(dim=1).values
     log_msp.sum().backward()
-    x_new = (x - epsilon * torch.sign(-x.grad)).detach()
+    x_new = (x - epsilon * torch.sign(-x.grad) / STD).detach()
     f_new = x_new @ P
     logits_new = (f_new / f_new.norm(dim=1, keepdim=True) * 2.0 * x_new.abs().sum(dim=1)[:, None]) @ W.T + BIAS
     return torch.softmax(logits_new / temperature, dim=1).max(dim=1).values
@@ -39,7 +43,8 @@ def make_head() -> torch.nn.Linear:
 
 @pytest.mark.parametrize("temperature,epsilon", [(2.0, 0.05), (1000.0, 0.0014)])
 def test_matches_unrolled_autograd(temperature, epsilon):
-    method = build_method("odin_blocknorm", Config(odin_temperature=temperature, odin_epsilon=epsilon))
+    method = build_method("odin_blocknorm", Config(odin_temperature=temperature, odin_epsilon=epsilon,
+                                                   std=STD.tolist()))
     assert method.needs_input
     scores = method.score_images(blocknorm_logits_fn(features_and_norm, make_head()), IMAGES)
     expected = odin_blocknorm_unrolled(IMAGES, temperature, epsilon)

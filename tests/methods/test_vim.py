@@ -47,9 +47,11 @@ def test_two_principal_dims_by_hand(make_head):
     assert scores[1] > scores[0]
 
 
-def test_default_dim_is_half_the_feature_dim(make_head):
+def test_default_dim_follows_the_reference_rule(make_head):
     method = ViM()
-    assert method.resolved_dim(3) == 1 and method.resolved_dim(512) == 256
+    # the ViM authors' benchmark.py: 1000 for D >= 2048, else 512 (D >= 768); below 768, D // 2
+    assert [method.resolved_dim(d) for d in (4096, 2048, 2047, 1024, 768)] == [1000, 1000, 512, 512, 512]
+    assert [method.resolved_dim(d) for d in (767, 512, 3)] == [383, 256, 1]
     state, head = fit(method, make_head)
     # residual space = the y, z plane; train vlogits 0, 0, 2, 2, 1, 1: alpha = 5 / 6
     assert state["null_space"].shape == (3, 2)
@@ -65,6 +67,9 @@ def test_state_round_trip(make_head):
     restored.load_state(state)
     assert restored.score(queries_outputs(head), head).tolist() == pytest.approx(
         [math.log(math.e + 1.0) - 5.0, math.log(2.0)], abs=1e-9)
+    # a state fit with another dimension (a stale cache) is refused, so that it is fit again
+    with pytest.raises(ValueError, match="2-d principal subspace, not the 1-d one"):
+        ViM(1).load_state(state)
 
 
 def test_no_residual_space_is_a_user_error(make_head):

@@ -184,7 +184,13 @@ def test_tiny_timm_model_builds_offline(monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x), model.net(x))
     torch.testing.assert_close(model(x), model.head(model.forward_features(x)), rtol=0, atol=0)
-    assert timm.__version__
+    # the wrapped network is timm's own model, built from the same seed: the same weights, the same outputs
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
+    assert list(reference.state_dict()) == list(model.net.state_dict())
+    for name, value in reference.state_dict().items():
+        assert torch.equal(value, model.net.state_dict()[name]), name
+    torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
 
 
 def test_timm_errors_are_user_errors():
