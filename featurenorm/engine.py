@@ -138,7 +138,8 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
     cfg.num_classes = num_classes
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained).to(device)
+    model = build_model(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained, weights=cfg.weights,
+                        download=cfg.download).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

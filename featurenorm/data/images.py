@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
-from .datasets import Split, folder_samples, is_image_file
+from .datasets import Split, is_image_file
 
 
 def to_rgb(img):
@@ -46,10 +46,22 @@ def read_rgb(path: str | os.PathLike):
 
 
 def eval_transform(cfg: Config) -> Callable:
-    """Resize to ``image_size`` x ``image_size``, to tensor, normalize: the same for ID test and OOD."""
+    """The preprocessing of every evaluated image (ID test, ID train for fitting and selection, OOD).
+
+    Without ``resize_size``: resized to ``image_size`` x ``image_size``. With it: the shorter side
+    resized to ``resize_size``, then the center ``image_size`` x ``image_size`` crop, as torchvision's
+    ``ImageClassification`` does (the default for ``torchvision/`` archs, with their weights' sizes).
+    Then to a tensor in [0, 1], normalized by ``mean``/``std``.
+    """
     from torchvision import transforms as T
 
-    return T.Compose([T.Resize((cfg.image_size, cfg.image_size)), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+    interpolation = T.InterpolationMode(cfg.interpolation)
+    if cfg.resize_size is None:
+        geometry = [T.Resize((cfg.image_size, cfg.image_size), interpolation=interpolation)]
+    else:
+        geometry = [T.Resize(cfg.resize_size, interpolation=interpolation, antialias=True),
+                    T.CenterCrop(cfg.image_size)]
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
 def train_transform(cfg: Config) -> Callable:
@@ -94,11 +106,19 @@ class ArrayDataset(Dataset):
         return self.transform(img), int(self.labels[i])
 
 
-def split_dataset(split: Split, cfg: Config, train: bool) -> Dataset:
+def split_dataset(split: Split, cfg: Config, train: bool, indices: Sequence[int] | None = None) -> Dataset:
+    """The split's images with the train or eval transform; only those at ``indices`` when given.
+
+    A subset holds only its own paths, so that DataLoader workers do not inherit (and, touching it, copy)
+    the list of a whole ImageNet training set.
+    """
     transform = train_transform(cfg) if train else eval_transform(cfg)
     if split.images is not None:
-        return ArrayDataset(split.images, split.labels, transform)
-    return ImageListDataset(folder_samples(split.folder), transform)
+        if indices is None:
+            return ArrayDataset(split.images, split.labels, transform)
+        return ArrayDataset(split.images[list(indices)], split.labels[list(indices)], transform)
+    samples = split.folder_samples()
+    return ImageListDataset(samples if indices is None else [samples[i] for i in indices], transform)
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -128,5 +148,11 @@ class TolerantImageDataset(Dataset):
         try:
             return self.transform(read_rgb(self.paths[i])), i, True
         except Exception:  # any decoder error: truncated, not an image, unsupported
-            probe = self.transform.transforms[0].size if hasattr(self.transform, "transforms") else (1, 1)
-            return torch.zeros(3, *probe), i, False
+            return torch.zeros(3, *_output_size(self.transform)), i, False
+
+
+def _output_size(transform: Callable) -> tuple[int, int]:
+    """(H, W) a Compose yields: the size of its last Resize((H, W)) or CenterCrop; (1, 1) when unknown."""
+    steps = getattr(transform, "transforms", [])
+    sizes = [tuple(step.size) for step in steps if isinstance(getattr(step, "size", None), (tuple, list))]
+    return sizes[-1] if sizes else (1, 1)

@@ -1,10 +1,16 @@
 """OOD test sets: which ones a run scores, and batches of their images on the device.
 
-The benchmarks are data, not code: :data:`BENCHMARKS` lists, per ID dataset, the OOD sets in
-the order the paper reports them (Yu et al., CVPR 2023, Tables 1-2): the six far-OOD sets
-SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and Places365, then the near-OOD CIFAR set
-(CIFAR-100 for CIFAR-10 and vice versa). A set takes part only when its config key names a
-path, or when ``--ood name=path`` names it on the command line.
+The benchmarks are data, not code: :data:`BENCHMARKS` lists, per benchmark (config key
+``benchmark``) and ID dataset, the OOD sets in report order:
+
+- ``paper`` (the default): the order the paper reports them (Yu et al., CVPR 2023, Tables 1-2):
+  the six far-OOD sets SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and Places365, then the
+  near-OOD CIFAR set (CIFAR-100 for CIFAR-10 and vice versa);
+- ``imagenet_four``: ImageNet-1K against the iNaturalist, SUN, Places and Textures subsets of
+  Huang & Li (MOS, CVPR 2021), the protocol of the paper's ImageNet experiments.
+
+A set takes part only when its config key names a path, or when ``--ood name=path`` names it on
+the command line.
 
 Kinds of source:
 
@@ -38,12 +44,19 @@ from ..errors import UserError
 from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, Split, is_image_file, load_cifar
 
 FAR_OOD = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365")
-BENCHMARKS: dict[str, list[str]] = {
-    "cifar10": [*FAR_OOD, "cifar100"],
-    "cifar100": [*FAR_OOD, "cifar10"],
-    # no paper benchmark: the same far-OOD sets, and either CIFAR set when configured
-    "digits": [*FAR_OOD, "cifar10", "cifar100"],
-    "imagefolder": [*FAR_OOD, "cifar10", "cifar100"],
+DEFAULT_BENCHMARK = "paper"
+# benchmark -> ID dataset kind -> OOD set names (config keys), in report order
+BENCHMARKS: dict[str, dict[str, list[str]]] = {
+    "paper": {
+        "cifar10": [*FAR_OOD, "cifar100"],
+        "cifar100": [*FAR_OOD, "cifar10"],
+        # no paper benchmark: the same far-OOD sets, and either CIFAR set when configured
+        "digits": [*FAR_OOD, "cifar10", "cifar100"],
+        "imagefolder": [*FAR_OOD, "cifar10", "cifar100"],
+    },
+    "imagenet_four": {
+        "imagenet": ["inaturalist", "sun", "places", "textures"],
+    },
 }
 SVHN_TEST_FILE = "test_32x32.mat"
 # Seed of the Places365 subsample: fixed, independent of the run's seed, so that every run
@@ -76,9 +89,21 @@ class OODSource:
 
 
 # ------------------------------------------------------------------------------------- resolving
-def benchmark_names(id_kind: str) -> list[str]:
-    """The OOD set names scored against ``id_kind``, in report order (the tables never list the ID set)."""
-    return list(BENCHMARKS.get(id_kind, BENCHMARKS["imagefolder"]))
+def benchmark_names(id_kind: str, benchmark: str = DEFAULT_BENCHMARK) -> list[str]:
+    """The OOD set names ``benchmark`` scores against ``id_kind``, in report order (never the ID set).
+
+    Raises:
+        UserError: an unknown benchmark, or one that does not define ``id_kind``.
+    """
+    if benchmark not in BENCHMARKS:
+        raise UserError(f"unknown benchmark '{benchmark}' (config key 'benchmark'); valid: {', '.join(BENCHMARKS)}")
+    table = BENCHMARKS[benchmark]
+    if id_kind not in table:
+        fitting = [name for name, rows in BENCHMARKS.items() if id_kind in rows]
+        hint = f"; set benchmark to {' or '.join(fitting)}" if fitting else ""
+        raise UserError(f"benchmark '{benchmark}' has no OOD sets for ID dataset '{id_kind}' (it covers "
+                        f"{', '.join(table)}){hint}")
+    return list(table[id_kind])
 
 
 def parse_ood_spec(text: str) -> tuple[str, str]:
@@ -128,12 +153,12 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
     Args:
         cfg: the run's config (``cfg.ood_paths()`` gives the configured folders).
         cli_specs: ``name=path`` strings, in command-line order.
-        id_kind: ``cifar10`` | ``cifar100`` | ``digits`` | ``imagefolder``.
+        id_kind: ``cifar10`` | ``cifar100`` | ``digits`` | ``imagefolder`` | ``imagenet``.
     Returns:
         ``(sources, skipped)``: sources in report order; skipped maps name -> reason.
     """
     configured = cfg.ood_paths()
-    order = benchmark_names(id_kind)
+    order = benchmark_names(id_kind, cfg.benchmark)
     by_name: dict[str, OODSource] = {}
     skipped: dict[str, str] = {}
     for name in order:
