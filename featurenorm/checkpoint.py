@@ -1,10 +1,12 @@
 """Checkpoints: atomic writes, and loading that never runs code (``weights_only=True``)."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +251,7 @@ def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.M
             raise UserError(f"'{path}' holds neither a featurenorm checkpoint nor a state_dict (looked under "
                             f"{', '.join(STATE_DICT_KEYS)}); pass a checkpoint of the configured arch")
         if cfg.num_classes is None:
-            cfg.num_classes = _head_classes(weights)
+            cfg.num_classes = _head_classes(weights) or _pretrained_classes(cfg)
         if cfg.num_classes is None:
             raise UserError(f"cannot tell the class count of '{path}'; set num_classes in the config")
         model = build_model(cfg.arch, cfg.num_classes, width=cfg.width)
@@ -258,3 +260,88 @@ def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.M
     if cfg.channels_last:  # the loaders hand over channels-last batches too
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _pretrained_classes(cfg: Config) -> int | None:
+    """The class count of a torchvision arch's weights (1000 for ImageNet-1K); None for other archs."""
+    from .models.torchvision_models import is_torchvision_arch, num_categories
+
+    return num_categories(cfg.arch, cfg.weights) if is_torchvision_arch(cfg.arch) else None
+
+
+# ``--checkpoint none``: no checkpoint file; the model as the config builds it.
+NO_CHECKPOINT = "none"
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a run's model weights came from.
+
+    Attributes:
+        description: what ``block_selection.json`` and ``ood_results.json`` record as ``checkpoint``:
+            the file's path, or ``random init (seed S)`` / ``timm pretrained <name>``.
+        file: the file the weights were read from (hashed for the fit cache); None when there is none.
+    """
+
+    description: str
+    file: Path | None = None
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights file, else of the description."""
+        digest = hashlib.sha256()
+        if self.file is None:
+            digest.update(self.description.encode())
+            return digest.hexdigest()
+        with open(self.file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def load_run_model(cfg: Config, checkpoint: str | Path | None, device: torch.device) -> tuple[nn.Module, WeightsSource]:
+    """The model select_block.py and eval_ood.py score, in eval mode on ``device``, and where its weights came from.
+
+    - ``checkpoint`` a path: that file (a featurenorm checkpoint or a foreign state_dict, see :func:`load_for_config`);
+    - ``checkpoint`` ``"none"``: no file; the model as the config builds it: the torchvision/timm pretrained
+      weights when ``pretrained`` is true, else a random init seeded by ``seed`` (the same in every process);
+    - ``checkpoint`` None: ``<save_path>/last.pt`` when it exists; else, when ``pretrained`` is true, as for
+      ``"none"``; else a UserError (a randomly initialised model is never scored by accident).
+    """
+    if checkpoint is not None and str(checkpoint) != NO_CHECKPOINT:
+        path = Path(checkpoint)
+        return load_for_config(cfg, path, device), WeightsSource(str(path), path)
+    last = default_checkpoint(cfg, None)
+    if checkpoint is None and last.is_file():
+        return load_for_config(cfg, last, device), WeightsSource(str(last), last)
+    if checkpoint is None and not cfg.pretrained:
+        raise UserError(f"checkpoint '{last}' not found; train first (python train.py --config ...), pass "
+                        "--checkpoint PATH, set pretrained true for torchvision/timm weights, or pass "
+                        f"--checkpoint {NO_CHECKPOINT} to score the randomly initialised model")
+    model, source = _built_model(cfg)
+    model = model.to(device).eval()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, source
+
+
+def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:
+    from .data.datasets import num_classes_of
+    from .models.torchvision_models import is_torchvision_arch, resolve_weights, weights_file
+
+    torchvision = is_torchvision_arch(cfg.arch)
+    if cfg.pretrained and not (torchvision or cfg.arch.startswith("timm/")):
+        raise UserError(f"pretrained weights exist only for torchvision/<name> and timm/<name> archs, not "
+                        f"'{cfg.arch}'; set pretrained false and pass --checkpoint PATH")
+    num_classes = cfg.num_classes
+    if num_classes is None:
+        num_classes = _pretrained_classes(cfg) if torchvision else num_classes_of(cfg)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+        torch.manual_seed(cfg.seed)  # a random init must be the same in select_block.py and eval_ood.py
+        model = build_model(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained, weights=cfg.weights,
+                            download=cfg.download)
+    if not cfg.pretrained:
+        return model, WeightsSource(f"random init (seed {cfg.seed})")
+    if torchvision:
+        path = weights_file(resolve_weights(cfg.arch.split("/", 1)[1], cfg.weights))
+        return model, WeightsSource(str(path), path)
+    return model, WeightsSource(f"timm pretrained {cfg.arch.split('/', 1)[1]}")

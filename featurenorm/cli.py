@@ -53,6 +53,10 @@ def _load(args: argparse.Namespace):
     benchmark = getattr(args, "benchmark", None)
     return load_config(args.config, list(args.set) + ([f"benchmark={benchmark}"] if benchmark else []))
 
+CHECKPOINT_HELP = ("model checkpoint (default: <save_path>/last.pt, or the pretrained weights when pretrained is true "
+                   "and there is none); foreign state_dicts and OpenOOD checkpoints are accepted for the configured "
+                   "arch; 'none': the model as the config builds it (pretrained weights, else random init by seed)")
+
 
 def train_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="train.py",
@@ -81,9 +85,9 @@ def select_main(argv: Sequence[str]) -> int:
                                      description="NormRatio block selection with jigsaw (and other) pseudo-OOD "
                                                  "images made from the ID training images.")
     _add_arguments(parser)
-    parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt); foreign state_dicts "
-                                             "and OpenOOD checkpoints are accepted for the configured arch")
-    parser.add_argument("--num-samples", type=int, help="use a seeded subsample of N ID training images (default: all)")
+    parser.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    parser.add_argument("--num-samples", type=int, help="use a seeded subsample of N ID training images (default: "
+                                                        "config selection_samples; all, ImageNet 10000)")
     parser.add_argument("--grid", type=int, help="jigsaw grid size (default: config jigsaw_grid, 3)")
     parser.add_argument("--seed", type=int, help="seed of the subsample, the puzzles and the other pseudo-OOD images "
                                                 "(default: config seed)")
@@ -116,8 +120,7 @@ def eval_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="eval_ood.py", description="OOD evaluation: FPR95, AUROC, AUPR-In/Out "
                                                                       "for each method and OOD set.")
     _add_arguments(parser)
-    parser.add_argument("--checkpoint", help="model checkpoint (default: <save_path>/last.pt); foreign state_dicts "
-                                             "and OpenOOD checkpoints are accepted for the configured arch")
+    parser.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     parser.add_argument("--methods", default="all", help=f"comma-separated, or all (default): {','.join(method_names())}")
     parser.add_argument("--block", help="score FeatureNorm at this block instead of block_selection.json's")
     parser.add_argument("--ood", action="append", default=[], metavar="NAME=PATH",

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 # Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
-OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100")
+OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100",
+            "inaturalist", "sun", "places")
 
 # JSON spellings that differ from the dataclass field name.
 ALIASES = {"epoch": "epochs", "lsun-resize": "lsun_resize"}
@@ -47,13 +48,17 @@ class Config:
     width: float = 1.0
     num_classes: int | None = None
     pretrained: bool = False
+    weights: str | None = None  # torchvision weights enum member (IMAGENET1K_V1, ...); None: DEFAULT
     blocks: list[str] | None = None
     # --- ID data
     id_dataset: str = ""
     dataset: str | None = None
     data_root: str = "./data"
     download: bool = False
+    # torchvision archs: image_size, resize_size, mean, std and interpolation default to the weights' own
     image_size: int = 32
+    resize_size: int | None = None  # None: stretch to image_size; else shorter side, then a center crop
+    interpolation: str = "bilinear"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     crop_padding: int = 4
@@ -79,7 +84,8 @@ class Config:
     save_path: str = ""
     # --- block selection
     jigsaw_grid: int = 3
-    selection_samples: int | None = None
+    selection_samples: int | None = None  # None: all, or the dataset's default subsample (ImageNet)
+    fit_samples: int | None = None  # ID-train images the fitted methods read; None: as for selection_samples
     criterion: str = "norm_ratio"
     pseudo_ood: list[str] = field(default_factory=lambda: ["jigsaw"])
     # --- OOD benchmark folders (None: not configured)
@@ -91,6 +97,9 @@ class Config:
     places365: str | None = None
     cifar10: str | None = None
     cifar100: str | None = None
+    inaturalist: str | None = None
+    sun: str | None = None
+    places: str | None = None
     places365_samples: int = 10000
     # --- benchmark: which table of data sets (featurenorm.data.benchmarks) a run scores
     benchmark: str = DEFAULT_BENCHMARK
@@ -129,6 +138,7 @@ CHOICES = {
     "amp": ("auto", "bf16", "fp16", "fp32"),
     "criterion": tuple(CRITERIA),
     "benchmark": tuple(BENCHMARKS),
+    "interpolation": ("bilinear", "bicubic"),
 }
 
 
@@ -253,6 +263,15 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         raise ConfigError(f"{source}: missing required key '{missing[0]}' (add it to the config file or pass --set {missing[0]}=...)")
+    arch = values.get("arch", Config.arch)
+    if arch.startswith("torchvision/"):
+        # the weights' own evaluation preprocessing, for every key the config leaves out
+        from .models.torchvision_models import preprocessing
+        try:
+            defaults = preprocessing(arch, values.get("weights"), values.get("image_size"))
+        except UserError as err:
+            raise ConfigError(f"{where}{err}") from None
+        values = {**defaults, **values}
     cfg = Config(**values)
     validate(cfg, source)
     if cfg.milestones is None:
@@ -302,8 +321,13 @@ def validate(cfg: Config, source: str = "config") -> None:
         bad("mean" if len(cfg.mean) != 3 else "std", "must have 3 values (R, G, B)")
     if any(s <= 0 for s in cfg.std):
         bad("std", "must be positive")
-    if cfg.selection_samples is not None and cfg.selection_samples < 1:
-        bad("selection_samples", "must be at least 1")
+    for key in ("selection_samples", "fit_samples"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            bad(key, "must be at least 1")
+    if cfg.weights is not None and not cfg.arch.startswith("torchvision/"):
+        bad("weights", f"names torchvision weights; it applies only to torchvision/<name> archs, not '{cfg.arch}'")
+    if cfg.resize_size is not None and cfg.resize_size < cfg.image_size:
+        bad("resize_size", f"must be at least image_size ({cfg.image_size}), got {cfg.resize_size}")
     if cfg.vim_dim is not None and cfg.vim_dim < 1:
         bad("vim_dim", "must be at least 1")
     root_key = BENCHMARKS[cfg.benchmark]["root_key"]

@@ -230,7 +230,8 @@ class _Run:
     @classmethod
     def build(cls, cfg: Config, device: torch.device, info: Dist, state: dict[str, Any] | None) -> "_Run":
         seed_everything(cfg.seed)
-        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, pretrained=cfg.pretrained).to(device)
+        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, pretrained=cfg.pretrained, weights=cfg.weights,
+                            download=cfg.download).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import io, report
-from .checkpoint import default_checkpoint, load_for_config
+from .checkpoint import WeightsSource, load_run_model
 from .config import Config
 from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
@@ -34,8 +34,10 @@ from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, i
     shutdown_distributed
 
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
-FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "mean", "std", "arch", "width", "num_classes",
-            "benchmark", "openood_root")
+FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "resize_size", "interpolation", "mean", "std", "arch",
+            "width", "num_classes", "fit_samples", "benchmark", "openood_root")
+# Seed of the fitted methods' ID-train subsample (ImageNet): fixed, so that every run fits on the same images.
+FIT_SUBSAMPLE_SEED = 0
 
 
 def uses_block(method: Any) -> bool:
@@ -384,14 +386,6 @@ def evaluate(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, It
 
 
 # ------------------------------------------------------------------------------------ fitting + cache
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fit_cache_key(checkpoint_hash: str, cfg: Config, method: Any) -> str:
     """Hash of the checkpoint bytes, the data keys that change ID-train features, and the method."""
     keyed = {k: cfg.to_dict().get(k) for k in FIT_KEYS}
@@ -415,9 +409,12 @@ def load_cached_state(path: Path) -> dict[str, torch.Tensor] | None:
     return state
 
 
-def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoint: Path, fit_loader,
+def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoint: WeightsSource, fit_loader,
                    amp, progress: bool, is_main: bool) -> dict[str, str]:
     """Fit (or load from ``<save_path>/cache/``) every method that needs ID-train statistics.
+
+    The cache is keyed by the weights (:meth:`WeightsSource.fingerprint`), the config's :data:`FIT_KEYS`
+    and the method's hyperparameters.
 
     Returns ``{method: "cached" | "fitted"}``.
     """
@@ -427,7 +424,7 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
     if not fitting:
         return {}
     cache_dir = cfg.save_dir / "cache"
-    ckpt_hash = file_sha256(checkpoint)
+    ckpt_hash = checkpoint.fingerprint()
     status: dict[str, str] = {}
     missing = {}
     for name, method in fitting.items():
@@ -458,22 +455,22 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
 
 # ------------------------------------------------------------------------------------------ data
 class _Shard:
-    """This rank's strided share of an ID split as in-order batches; ``gather`` restores data-set order."""
+    """This rank's strided share of an ID split (or of its images ``subset``) as in-order batches; ``gather``
+    restores data-set order."""
 
-    def __init__(self, cfg: Config, split, device: torch.device, info: Dist):
+    def __init__(self, cfg: Config, split, device: torch.device, info: Dist, subset: torch.Tensor | None = None):
         from .data.loaders import DeviceLoader, FolderLoader
 
         self.info = info
-        index = shard(len(split), info)
+        index = shard(len(split), info) if subset is None else subset[shard(len(subset), info)]
         if split.images is not None:
             self.loader = DeviceLoader(split.images[index], split.labels[index], cfg.eval_batch_size, train=False,
                                        mean=cfg.mean, std=cfg.std, device=device, image_size=cfg.image_size,
-                                       channels_last=cfg.channels_last)
+                                       channels_last=cfg.channels_last, resize_size=cfg.resize_size,
+                                       interpolation=cfg.interpolation)
         else:
-            from torch.utils.data import Subset
-
             from .data.images import split_dataset
-            self.loader = FolderLoader(Subset(split_dataset(split, cfg, train=False), index.tolist()),
+            self.loader = FolderLoader(split_dataset(split, cfg, train=False, indices=index.tolist()),
                                        cfg.eval_batch_size, train=False, cfg=cfg, device=device)
 
     def __len__(self) -> int:
@@ -524,15 +521,14 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
     names = parse_methods(methods)
     info, device = init_distributed(cfg)
     try:
-        path = default_checkpoint(cfg, checkpoint)
-        model = load_for_config(cfg, path, device)
+        model, weights = load_run_model(cfg, checkpoint, device)
         amp = amp_dtype(cfg, device)
         show = progress and info.is_main
-        selected = resolve_block(cfg, block, model, path) if any(map(uses_block, names)) or all_blocks else None
+        selected = resolve_block(cfg, block, model, weights.description) \
+            if any(map(uses_block, names)) or all_blocks else None
         built = {name: build_method(name, cfg) for name in names}
         live, skipped = _live_ood_sources(cfg, ood_specs)
-        fit_status = fit_with_cache(cfg, model, built, path, lambda: _Shard(cfg, load_split(cfg, train=True),
-                                                                               device, info),
+        fit_status = fit_with_cache(cfg, model, built, weights, lambda: _fit_shard(cfg, device, info),
                                     amp, progress, info.is_main)
         ood_loaders = {source.name: _OODShard(open_ood(source, cfg, device, rank=info.rank,
                                                        world_size=info.world_size), info) for source in live}
@@ -557,8 +553,8 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         from .data.benchmarks import benchmark_entry
 
         entry = benchmark_entry(cfg.benchmark, id_kind or "imagefolder")  # its groups and table layout
-        meta = ResultsMeta(id_dataset=id_kind, arch=cfg.arch, checkpoint=str(path), seed=cfg.seed, block=selected,
-                           skipped=skipped, unreadable=unreadable,
+        meta = ResultsMeta(id_dataset=id_kind, arch=cfg.arch, checkpoint=weights.description, seed=cfg.seed,
+                           block=selected, skipped=skipped, unreadable=unreadable,
                            hyperparameters=evaluation.results["hyperparameters"], fit=fit_status,
                            benchmark=cfg.benchmark, groups=entry.groups, table_metrics=entry.table_metrics)
         evaluation.results = assemble_results(meta, names, evaluation.id_scores, evaluation.ood_scores,
@@ -570,9 +566,19 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         shutdown_distributed()
 
 
+def _fit_shard(cfg: Config, device: torch.device, info: Dist) -> _Shard:
+    """The ID-train images the fitted methods read: all, or a seeded subsample (``fit_samples``; ImageNet: 1%)."""
+    from .data.datasets import seeded_subsample, train_subsample_size
+
+    split = load_split(cfg, train=True)
+    count = train_subsample_size(cfg, "fit", len(split))
+    subset = None if count is None else seeded_subsample(len(split), count, FIT_SUBSAMPLE_SEED)
+    return _Shard(cfg, split, device, info, subset)
+
+
 def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict[str, str]]:
     """The OOD sources that exist, and ``{name: reason}`` for those skipped (each reported on stderr)."""
-    from .data.ood import check_ood_source, resolve_ood_sources
+    from .data.ood import benchmark_names, check_ood_source, resolve_ood_sources
 
     id_kind, _ = resolve_id_dataset(cfg)
     sources, skipped = resolve_ood_sources(cfg, ood_specs, id_kind)
@@ -585,8 +591,8 @@ def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict
             live.append(source)
     if not live:
         why = f" (skipped {'; '.join(f'{k}: {v}' for k, v in skipped.items())})" if skipped else ""
-        raise UserError(f"no OOD data set to evaluate{why}: configure OOD paths (svhn, textures, ...) or pass "
-                        "--ood name=path")
+        keys = ", ".join(benchmark_names(id_kind, cfg.benchmark)[:2] + ["..."])
+        raise UserError(f"no OOD data set to evaluate{why}: configure OOD paths ({keys}) or pass --ood name=path")
     for name, reason in skipped.items():
         print(f"skipping OOD set '{name}': {reason}", file=sys.stderr)
     return live, skipped

@@ -1,4 +1,4 @@
-"""The paper's published CIFAR-10 numbers, and a side-by-side comparison with our results.
+"""The paper's published CIFAR-10 numbers and ImageNet blocks, and a side-by-side comparison with our results.
 
 Source: Yu et al., "Block Selection Method for Using Feature Norm in Out-of-distribution
 Detection", CVPR 2023 (arXiv 2212.02295). The numbers live in ``paper_results.json`` (package
@@ -76,6 +76,27 @@ def paper_selected_block(arch: str) -> PaperBlock:
     return PaperBlock(name=str(entry["block"]), index=int(entry["index"]), num_blocks=int(entry["of"]))
 
 
+# The paper's ImageNet blocks (``imagenet_selected_blocks`` in paper_results.json, in the paper's words) in
+# torchvision's module names: arch -> (the paper's key, our block, its 0-based index among
+# candidate_blocks(model), how many there are). VGG-16's 13th conv layer is read after its ReLU, features.29;
+# MobileNetV3's block 17 is the 17th entry of features, the 960-channel last conv.
+IMAGENET_BLOCKS = {
+    "torchvision/resnet50": ("resnet50", "layer4.1", 14, 16),
+    "torchvision/vgg16": ("vgg16", "features.29", 12, 13),
+    "torchvision/mobilenet_v3_large": ("mobilenetv3", "features.16", 16, 17),
+}
+
+
+def paper_imagenet_block(arch: str) -> PaperBlock:
+    """The paper's selected ImageNet block for ``arch`` (``torchvision/resnet50``, ``torchvision/vgg16`` or
+    ``torchvision/mobilenet_v3_large``); ``name`` is the paper's wording, ``index`` our block's index."""
+    if arch not in IMAGENET_BLOCKS:
+        raise UserError(f"the paper selected ImageNet blocks only for {', '.join(IMAGENET_BLOCKS)}, not '{arch}'")
+    key, _, index, num_blocks = IMAGENET_BLOCKS[arch]
+    return PaperBlock(name=str(load_paper_results()["imagenet_selected_blocks"][key]), index=index,
+                      num_blocks=num_blocks)
+
+
 def point_difference(ours_percent: float, paper_percent: float) -> float:
     """ours - paper, in percentage points, rounded to 2 decimals (both inputs already in %)."""
     return round(ours_percent - paper_percent, 2)
@@ -125,6 +146,8 @@ class PaperComparison:
     datasets_not_evaluated: dict[str, list[str]] = field(default_factory=dict)
     partial_average: dict[str, list[str]] = field(default_factory=dict)
     block_line: str = ""
+    id_dataset: str = "CIFAR-10"
+    table_note: str = ""  # why the table is empty, when the paper has no metrics to compare
 
 
 def _our_metric(results: Mapping[str, Any], method: str, dataset: str, metric: str) -> float:
@@ -137,8 +160,9 @@ def _our_metric(results: Mapping[str, Any], method: str, dataset: str, metric: s
 
 
 def block_comparison_line(results: Mapping[str, Any], arch: str) -> str:
-    """One sentence comparing ``results["block"]`` with the paper's selected block (by index)."""
-    paper_block = paper_selected_block(arch)
+    """One sentence comparing ``results["block"]`` with the paper's selected block (CIFAR-10, or ImageNet for the
+    archs of :data:`IMAGENET_BLOCKS`), by index."""
+    paper_block = paper_imagenet_block(arch) if arch in IMAGENET_BLOCKS else paper_selected_block(arch)
     paper_text = f"paper index {paper_block.index} of {paper_block.num_blocks} ({paper_block.name})"
     ours = results.get("block")
     if not isinstance(ours, Mapping) or ours.get("index") is None:
@@ -168,6 +192,10 @@ def compare_with_paper(results: Mapping[str, Any], arch: str | None = None) -> P
     arch = arch or results.get("arch")
     if not arch:
         raise UserError("results name no arch; pass --arch (resnet18, wrn28_10 or vgg11)")
+    if arch in IMAGENET_BLOCKS:  # paper_results.json holds the paper's ImageNet blocks, not its ImageNet metrics
+        return PaperComparison(arch=arch, id_dataset="ImageNet-1K", block_line=block_comparison_line(results, arch),
+                               table_note="paper_results.json holds the paper's selected ImageNet blocks but not "
+                                          "its ImageNet metrics; only the block is compared")
     paper = load_paper_results()
     _check_arch(arch, paper)
     id_dataset = results.get("id_dataset")
@@ -245,11 +273,11 @@ def format_comparison(comparison: PaperComparison, fmt: str = "text") -> str:
               "AUROC ours", "AUROC paper", "AUROC diff"]
     body = [[r.method, r.dataset, _fmt(r.ours_fpr95), _fmt(r.paper_fpr95), _fmt_diff(r.fpr95_diff),
              _fmt(r.ours_auroc), _fmt(r.paper_auroc), _fmt_diff(r.auroc_diff)] for r in comparison.rows]
-    title = (f"ours vs paper (Yu et al., CVPR 2023), arch {comparison.arch}, CIFAR-10; "
+    title = (f"ours vs paper (Yu et al., CVPR 2023), arch {comparison.arch}, {comparison.id_dataset}; "
              "FPR95 (lower is better) and AUROC (higher is better) in %, diff = ours - paper in points")
     lines = [title, ""]
     if not body:
-        lines.append("no method and OOD set is present in both our results and the paper")
+        lines.append(comparison.table_note or "no method and OOD set is present in both our results and the paper")
     elif fmt == "md":
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---", "---"] + ["---:"] * 6) + "|")

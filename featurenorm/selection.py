@@ -533,12 +533,14 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
 
     The puzzle permutations are drawn once for the seeded subsample, so that the result does not depend
     on batching or on torchrun sharding. ``pseudo_ood`` (default: the config's ``pseudo_ood``) adds other
-    kinds, each measured in the same forward pass. Returns the selection on every rank; rank 0 writes and
+    kinds, each measured in the same forward pass. Without ``num_samples`` (and config ``selection_samples``)
+    every training image is used, except for data sets with a default subsample (ImageNet: 10,000 images, see
+    :data:`featurenorm.data.datasets.TRAIN_SUBSAMPLES`). Returns the selection on every rank; rank 0 writes and
     reports weak or conflicting evidence with ``warnings.warn``.
     """
     from . import io
-    from .checkpoint import default_checkpoint, load_for_config
-    from .data.datasets import load_split
+    from .checkpoint import load_run_model
+    from .data.datasets import load_split, train_subsample_size
     from .data.jigsaw import sample_permutations
     from .models.blocks import candidate_blocks
     from .runtime import amp_dtype, gather_sharded, init_distributed, shard, shutdown_distributed
@@ -559,11 +561,12 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         raise UserError(f"--pseudo-ood / pseudo_ood: {err}") from None
     info, device = init_distributed(cfg)
     try:
-        path = default_checkpoint(cfg, checkpoint)
-        model = load_for_config(cfg, path, device)
+        model, weights = load_run_model(cfg, checkpoint, device)
         blocks = list(cfg.blocks or candidate_blocks(model))
         split = load_split(cfg, train=True)
         total = len(split)
+        if num_samples is None:
+            num_samples = train_subsample_size(cfg, "selection", total)
         generator = torch.Generator().manual_seed(seed)
         chosen = torch.arange(total)
         if num_samples is not None and num_samples < total:
@@ -571,15 +574,16 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         permutations = sample_permutations(len(chosen), cfg.image_size, cfg.image_size, grid, generator)
         mine = shard(len(chosen), info)
         loader = _selection_loader(cfg, split, chosen[mine], permutations[mine], device)
+        del split  # ImageNet's 1.3M training paths: the loader's workers need only the subsample's
         norms = collect_paired_norms(model, loader, blocks, grid, amp_dtype(cfg, device),
                                      progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
                                      seed=seed, stream=info.rank)
         norms.id = {n: gather_sharded(v, len(chosen), info) for n, v in norms.id.items()}
         norms.pseudo = {kind: {n: gather_sharded(v, len(chosen), info) for n, v in per_block.items()}
                         for kind, per_block in norms.pseudo.items()}
-        _check_finite_norms(norms, path)
+        _check_finite_norms(norms, weights.description)
         selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=cfg.arch,
-                                              checkpoint=str(path))
+                                              checkpoint=weights.description)
         if info.is_main:
             io.write_json(cfg.save_dir / "block_selection.json", selection.to_dict())
             selection.plot(cfg.save_dir / "norm_ratio.png")
@@ -607,13 +611,14 @@ def _selection_loader(cfg, split, index: torch.Tensor, permutations: torch.Tenso
     if split.images is not None:
         loader = DeviceLoader(split.images[index], split.labels[index], batch_size, train=False, mean=cfg.mean,
                               std=cfg.std, device=device, image_size=cfg.image_size,
-                              channels_last=cfg.channels_last)
+                              channels_last=cfg.channels_last, resize_size=cfg.resize_size,
+                              interpolation=cfg.interpolation)
         return _Paired(loader, permutations, batch_size)
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
-    from .data.images import ImageListDataset, eval_transform
+    from .data.images import split_dataset
 
-    dataset = Subset(ImageListDataset(split.image_samples(), eval_transform(cfg)), index.tolist())
+    dataset = split_dataset(split, cfg, train=False, indices=index.tolist())
     loader = _MovedLoader(DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers,
                                      pin_memory=device.type == "cuda"), device)
     return _Paired(loader, permutations, batch_size)

@@ -6,7 +6,8 @@ Example:
 
 Prints FPR95 and AUROC (in %) for ours and the paper, their difference (ours - paper, in
 percentage points) for every method and OOD set both have, each method's average, and a line
-comparing our selected block with the paper's (by index).
+comparing our selected block with the paper's (by index). For the paper's ImageNet archs
+(torchvision/resnet50, torchvision/vgg16, torchvision/mobilenet_v3_large) only the block line.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="an ood_results.json written by eval_ood.py")
     parser.add_argument("--arch", default=None,
-                        help="paper architecture to compare with: resnet18, wrn28_10 or vgg11 "
+                        help="paper architecture to compare with: resnet18, wrn28_10, vgg11, or for ImageNet "
+                             "torchvision/resnet50, torchvision/vgg16, torchvision/mobilenet_v3_large "
                              "(default: the results' arch)")
     parser.add_argument("--format", choices=("text", "md"), default="text", help="output format (default text)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

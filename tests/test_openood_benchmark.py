@@ -237,7 +237,7 @@ def test_missing_list_is_one_error_naming_it(tmp_path):
 def test_config_keys_are_validated(tmp_path):
     with pytest.raises(ConfigError, match=r"config key 'openood_root' is required with benchmark 'openood_v1.5'"):
         load_config(None, ["benchmark=openood_v1.5"], base={"id_dataset": "cifar10", "save_path": "r"})
-    with pytest.raises(ConfigError, match=r"'benchmark' must be one of paper, openood_v1.5, got 'openood'"):
+    with pytest.raises(ConfigError, match=r"'benchmark' must be one of paper, imagenet_four, openood_v1.5, got 'openood'"):
         load_config(None, ["benchmark=openood"], base={"id_dataset": "cifar10", "save_path": "r"})
     cfg = load_config(None, ["benchmark=openood_v1.5", f"openood_root={tmp_path}"],
                       base={"id_dataset": "digits", "save_path": "r"})

@@ -161,7 +161,7 @@ def test_id_data_errors(trained_digits_run, tmp_path, make_imagefolder, capsys):
     (no_splits / "images").mkdir(parents=True)
     out = run_in_process(capsys, *train_py, "--set", f"id_dataset={no_splits}")
     assert error_line(out) == (f"id_dataset '{no_splits}' holds neither cifar-10-batches-py/, cifar-100-python/ nor "
-                               "train/ and test/ class folders; fix the path or set the key 'dataset'")
+                               "train/ and test/ (or val/) class folders; fix the path or set the key 'dataset'")
     no_images = tmp_path / "no_images"
     for split in ("train", "test"):
         (no_images / split / "cat").mkdir(parents=True)
@@ -176,7 +176,8 @@ def test_id_data_errors(trained_digits_run, tmp_path, make_imagefolder, capsys):
     assert error_line(out) == "num_classes is 5 in the config but digits has 10 classes; set num_classes to 10"
     out = run_in_process(capsys, *train_py, "--set", "arch=resnet19")
     assert error_line(out) == ("unknown architecture 'resnet19' (did you mean 'resnet18'?); available: resnet18, "
-                               "resnet34, resnet50, vgg11, vgg13, vgg16, wrn28_10, wrn{depth}_{widen}, timm/<name>")
+                               "resnet34, resnet50, vgg11, vgg13, vgg16, wrn28_10, wrn{depth}_{widen}, timm/<name>, "
+                               "torchvision/<name>")
     assert not (tmp_path / "run").exists()  # a run that cannot start leaves no folder behind
 
 

@@ -1,13 +1,17 @@
-"""ID datasets: CIFAR-10/100 (torchvision), any ImageFolder root, and scikit-learn's bundled digits.
+"""ID datasets: CIFAR-10/100 (torchvision), any ImageFolder root, ImageNet-1K, and scikit-learn's bundled digits.
 
 How ``id_dataset`` is recognised (first rule that applies):
 
-1. the ``dataset`` key, when set (``cifar10``, ``cifar100``, ``digits``, ``imagefolder``);
+1. the ``dataset`` key, when set (``cifar10``, ``cifar100``, ``digits``, ``imagefolder``, ``imagenet``);
 2. the names ``digits``, ``cifar10``, ``cifar100``: CIFAR then lives in ``<data_root>/<name>``;
 3. a folder holding ``cifar-10-batches-py`` (CIFAR-10), ``cifar-100-python`` (CIFAR-100),
+   ``train/`` and ``val/`` but no ``test/`` (ImageNet: ``train/<wnid>/``, ``val/<wnid>/``),
    or ``train/`` and ``test/`` class folders (ImageFolder);
 4. a folder whose name contains ``cifar100``/``cifar-100`` or ``cifar10``/``cifar-10``
    (the place CIFAR is, or will be, downloaded to).
+
+ImageNet is an ImageFolder whose test split is ``val/``; class ``i`` is the ``i``-th wnid in sorted
+order, which is the class order of torchvision's and timm's ImageNet-1K weights.
 
 Array datasets (CIFAR, digits) are returned as uint8 tensors ``(N, 3, H, W)`` so that the
 device-resident loader can hold them whole; ImageFolder data stays on disk.
@@ -28,9 +32,16 @@ from ..config import Config
 from ..errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-DATASET_NAMES = ("cifar10", "cifar100", "digits", "imagefolder")
+DATASET_NAMES = ("cifar10", "cifar100", "digits", "imagefolder", "imagenet")
+# The test split's folder of each folder dataset.
+TEST_FOLDERS = {"imagefolder": "test", "imagenet": "val"}
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+# Seeded subsamples of the training set for data sets too large to pass whole (ImageNet-1K has 1,281,167
+# training images): ``selection`` images for select_block.py (about 10 per class), ``fit`` images for the
+# methods that fit statistics (1%, the KNN paper's ImageNet setting: Sun et al., ICML 2022).
+# The config keys selection_samples / fit_samples override them; other data sets use every image.
+TRAIN_SUBSAMPLES = {"imagenet": {"selection": 10_000, "fit": 12_811}}
 
 
 @dataclass
@@ -42,7 +53,7 @@ class Split:
     labels: Optional[torch.Tensor] = None    # (N,) int64
     folder: Optional[Path] = None            # ImageFolder split root
     classes: Optional[list[str]] = None
-    samples: Optional[list[tuple[str, int]]] = None  # (path, label) read from an image list
+    samples: Optional[list[tuple[str, int]]] = None  # (path, label): read from an image list, or listed once
     unreadable: list[str] = field(default_factory=list)  # listed files left out (missing or not images)
 
     def __len__(self) -> int:
@@ -51,8 +62,11 @@ class Split:
         return len(self.image_samples())
 
     def image_samples(self) -> list[tuple[str, int]]:
-        """``(path, label)`` of an on-disk split: the listed samples, else every image under ``folder``."""
-        return self.samples if self.samples is not None else folder_samples(self.folder)
+        """``(path, label)`` of an on-disk split: the listed samples, else every image under ``folder``
+        (walked once: ImageNet's training set has 1.3M files)."""
+        if self.samples is None:
+            self.samples = folder_samples(self.folder)
+        return self.samples
 
 
 def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
@@ -71,6 +85,8 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
     for kind, sub in CIFAR_FOLDERS.items():
         if (root / sub).is_dir():
             return kind, root
+    if (root / "train").is_dir() and (root / "val").is_dir() and not (root / "test").is_dir():
+        return "imagenet", root
     if (root / "train").is_dir() or (root / "test").is_dir():
         return "imagefolder", root
     base = root.name.lower().replace("-", "").replace("_", "")
@@ -80,7 +96,7 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
         return "cifar10", root
     if root.is_dir():
         raise UserError(f"id_dataset '{root}' holds neither {CIFAR_FOLDERS['cifar10']}/, {CIFAR_FOLDERS['cifar100']}/ "
-                        "nor train/ and test/ class folders; fix the path or set the key 'dataset'")
+                        "nor train/ and test/ (or val/) class folders; fix the path or set the key 'dataset'")
     raise UserError(f"id_dataset '{root}' not found; fix the path, or use 'digits' for the bundled offline data")
 
 
@@ -103,7 +119,7 @@ def load_split(cfg: Config, train: bool) -> Split:
     elif kind in CIFAR_FOLDERS:
         split = load_cifar(kind, root, train, cfg.download)
     else:
-        split = load_imagefolder(root, train)
+        split = load_imagefolder(root, train, kind)
     found = len(split.classes) if split.classes is not None else NUM_CLASSES[kind]
     if cfg.num_classes is not None and cfg.num_classes != found:
         where = kind if kind == "digits" else f"{kind} at '{root}'"  # digits is bundled: no folder to name
@@ -119,7 +135,29 @@ def num_classes_of(cfg: Config) -> int:
     kind, root = resolve_id_dataset(cfg)
     if kind in NUM_CLASSES:
         return NUM_CLASSES[kind]
-    return len(load_imagefolder(root, True).classes)
+    return len(load_imagefolder(root, True, kind).classes)
+
+
+def train_subsample_size(cfg: Config, purpose: str, total: int) -> int | None:
+    """How many of ``total`` ID training images ``purpose`` (``selection`` | ``fit``) reads; None: all.
+
+    The config key ``selection_samples`` / ``fit_samples`` when set, else :data:`TRAIN_SUBSAMPLES`.
+    """
+    chosen = getattr(cfg, f"{purpose}_samples")
+    if chosen is None:
+        chosen = TRAIN_SUBSAMPLES.get(resolve_id_dataset(cfg)[0], {}).get(purpose)
+    return chosen if chosen is not None and chosen < total else None
+
+
+def seeded_subsample(total: int, count: int | None, seed: int) -> torch.Tensor:
+    """``sorted(randperm(total, seed)[:count])``, the indices of a seeded subsample; ``arange(total)`` for None.
+
+    Returns:
+        (min(count, total),) int64, increasing.
+    """
+    if count is None or count >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
 # ---------------------------------------------------------------------------------------- digits
@@ -217,14 +255,17 @@ def folder_samples(split_root: Path) -> list[tuple[str, int]]:
     return samples
 
 
-def load_imagefolder(root: Path, train: bool) -> Split:
-    split_root = root / ("train" if train else "test")
+def load_imagefolder(root: Path, train: bool, kind: str = "imagefolder") -> Split:
+    """The ``train/`` or test split (``test/``; ``val/`` for ImageNet) of a folder dataset."""
+    test = TEST_FOLDERS[kind]
+    split_root = root / ("train" if train else test)
     if not split_root.is_dir():
-        raise UserError(f"ImageFolder root '{root}' has no {split_root.name}/ folder; "
-                        "it needs train/<class>/ and test/<class>/ subfolders")
+        raise UserError(f"{'ImageNet' if kind == 'imagenet' else 'ImageFolder'} root '{root}' has no {split_root.name}/ "
+                        f"folder; it needs train/<class>/ and {test}/<class>/ subfolders")
     classes = sorted(d.name for d in split_root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"'{split_root}' has no class folders; put images in {split_root}/<class>/")
-    if not folder_samples(split_root):
+    split = Split(kind, folder=split_root, classes=classes)
+    if not split.image_samples():
         raise UserError(f"no images found under '{split_root}' (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    return Split("imagefolder", folder=split_root, classes=classes)
+    return split

@@ -47,20 +47,25 @@ def read_rgb(path: str | os.PathLike):
 
 
 def eval_transform(cfg: Config) -> Callable:
-    """Resize to ``image_size`` x ``image_size``, to tensor, normalize: the same for ID test and OOD.
+    """The preprocessing of every evaluated image (ID test, ID train for fitting and selection, OOD).
 
-    The resize follows the config's benchmark: ``stretch`` scales both sides to ``image_size``;
-    ``shorter_side_crop`` (OpenOOD) scales the shorter side to it, then crops the center square.
-    The two agree on square images.
+    With ``resize_size`` (the default for ``torchvision/`` archs, from their weights): the shorter side
+    resized to ``resize_size``, then the center ``image_size`` x ``image_size`` crop, as torchvision's
+    ``ImageClassification`` does. Without it, the benchmark's ``resize`` mode: ``stretch`` scales both
+    sides to ``image_size``; ``shorter_side_crop`` (OpenOOD) scales the shorter side to it, then crops
+    the center square (the two agree on square images). Then to a tensor in [0, 1], normalized by
+    ``mean``/``std``.
     """
     from torchvision import transforms as T
 
-    size = cfg.image_size
-    if BENCHMARKS[cfg.benchmark]["resize"] == "shorter_side_crop":
-        resize = [T.Resize(size), T.CenterCrop(size)]
+    size, interpolation = cfg.image_size, T.InterpolationMode(cfg.interpolation)
+    if cfg.resize_size is not None:
+        geometry = [T.Resize(cfg.resize_size, interpolation=interpolation, antialias=True), T.CenterCrop(size)]
+    elif BENCHMARKS[cfg.benchmark]["resize"] == "shorter_side_crop":
+        geometry = [T.Resize(size, interpolation=interpolation), T.CenterCrop(size)]
     else:
-        resize = [T.Resize((size, size))]
-    return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+        geometry = [T.Resize((size, size), interpolation=interpolation)]
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
 def train_transform(cfg: Config) -> Callable:
@@ -105,11 +110,19 @@ class ArrayDataset(Dataset):
         return self.transform(img), int(self.labels[i])
 
 
-def split_dataset(split: Split, cfg: Config, train: bool) -> Dataset:
+def split_dataset(split: Split, cfg: Config, train: bool, indices: Sequence[int] | None = None) -> Dataset:
+    """The split's images with the train or eval transform; only those at ``indices`` when given.
+
+    A subset holds only its own paths, so that DataLoader workers do not inherit (and, touching it, copy)
+    the list of a whole ImageNet training set.
+    """
     transform = train_transform(cfg) if train else eval_transform(cfg)
     if split.images is not None:
-        return ArrayDataset(split.images, split.labels, transform)
-    return ImageListDataset(split.image_samples(), transform)
+        if indices is None:
+            return ArrayDataset(split.images, split.labels, transform)
+        return ArrayDataset(split.images[list(indices)], split.labels[list(indices)], transform)
+    samples = split.image_samples()
+    return ImageListDataset(samples if indices is None else [samples[i] for i in indices], transform)
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -139,14 +152,11 @@ class TolerantImageDataset(Dataset):
         try:
             return self.transform(read_rgb(self.paths[i])), i, True
         except Exception:  # any decoder error: missing, truncated, not an image, unsupported
-            return torch.zeros(3, *self._output_size()), i, False
+            return torch.zeros(3, *_output_size(self.transform)), i, False
 
-    def _output_size(self) -> tuple[int, int]:
-        """(H, W) the transform produces: the size of its last Resize/CenterCrop (an int means square)."""
-        sizes = [t.size for t in getattr(self.transform, "transforms", []) if hasattr(t, "size")]
-        if not sizes:
-            return (1, 1)
-        size = sizes[-1]
-        if isinstance(size, int):
-            return (size, size)
-        return (size[0], size[-1])
+
+def _output_size(transform: Callable) -> tuple[int, int]:
+    """(H, W) a Compose yields: the size of its last Resize((H, W)) or CenterCrop; (1, 1) when unknown."""
+    steps = getattr(transform, "transforms", [])
+    sizes = [tuple(step.size) for step in steps if isinstance(getattr(step, "size", None), (tuple, list))]
+    return sizes[-1] if sizes else (1, 1)

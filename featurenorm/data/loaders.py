@@ -69,6 +69,29 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool, generator:
     return images
 
 
+def resize_center_crop(images: torch.Tensor, resize_size: int, crop_size: int,
+                       interpolation: str = "bilinear") -> torch.Tensor:
+    """Shorter side to ``resize_size`` (antialiased), then the center ``crop_size`` square.
+
+    The batched counterpart of :func:`featurenorm.data.images.eval_transform` with ``resize_size``; the
+    longer side is scaled as torchvision's ``resize`` does it (truncated).
+
+    Args:
+        images: (B, C, H, W) float.
+        interpolation: ``bilinear`` or ``bicubic``.
+    Returns:
+        (B, C, crop_size, crop_size).
+    """
+    height, width = images.shape[-2:]
+    short, long = sorted((height, width))
+    longer = int(resize_size * long / short)
+    size = (resize_size, longer) if height <= width else (longer, resize_size)
+    if size != (height, width):
+        images = F.interpolate(images, size=size, mode=interpolation, align_corners=False, antialias=True)
+    top, left = (size[0] - crop_size) // 2, (size[1] - crop_size) // 2
+    return images[..., top:top + crop_size, left:left + crop_size]
+
+
 class DeviceLoader:
     """Batches from uint8 images held on ``device``.
 
@@ -76,18 +99,21 @@ class DeviceLoader:
         images: (N, 3, H, W) uint8.
         labels: (N,) int64.
         image_size: output size; images are resized bilinearly on the device when it differs.
+        resize_size: when given (eval only), the shorter side is resized to it (with ``interpolation``)
+            and the center ``image_size`` crop is kept instead, as for images read from folders.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, mean, std,
                  device: torch.device, seed: int = 0, crop_padding: int = 4, hflip: bool = True,
                  image_size: int | None = None, channels_last: bool = False, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False):
+                 drop_last: bool = False, resize_size: int | None = None, interpolation: str = "bilinear"):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size  # the global batch: each rank takes batch_size / world_size of it
         self.train, self.device, self.seed = train, device, seed
         self.crop_padding, self.hflip = crop_padding, hflip
         self.image_size = image_size
+        self.resize_size, self.interpolation = resize_size, interpolation
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
@@ -134,7 +160,9 @@ class DeviceLoader:
     def prepare(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> normalized float (B, 3, S, S) on the device."""
         x = batch.float().mul_(self.scale).sub_(self.shift)
-        if self.image_size is not None and x.shape[-1] != self.image_size:
+        if self.resize_size is not None and not self.train:
+            x = resize_center_crop(x, self.resize_size, self.image_size or self.resize_size, self.interpolation)
+        elif self.image_size is not None and x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -206,7 +234,7 @@ def make_loader(cfg: Config, split: Split, *, train: bool, device: torch.device,
         return DeviceLoader(split.images, split.labels, batch_size, train=train, mean=cfg.mean, std=cfg.std,
                             device=device, seed=cfg.seed, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
                             image_size=cfg.image_size, channels_last=cfg.channels_last, rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, resize_size=cfg.resize_size, interpolation=cfg.interpolation)
     from .images import split_dataset
     return FolderLoader(split_dataset(split, cfg, train), batch_size, train=train, cfg=cfg, device=device,
                         rank=rank, world_size=world_size)

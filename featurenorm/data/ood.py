@@ -5,7 +5,9 @@ benchmark and ID dataset, the OOD sets in report order. The ``paper`` benchmark 
 CVPR 2023, Tables 1-2: the six far-OOD sets SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and
 Places365, then the near-OOD CIFAR set (CIFAR-100 for CIFAR-10 and vice versa); a set takes part
 only when its config key names a path, or when ``--ood name=path`` names it on the command line.
-The ``openood_v1.5`` benchmark reads every set from OpenOOD's image lists under ``openood_root``.
+``imagenet_four`` scores ImageNet-1K against the iNaturalist, SUN, Places and Textures subsets of
+Huang & Li (MOS, CVPR 2021). The ``openood_v1.5`` benchmark reads every set from OpenOOD's image
+lists under ``openood_root``.
 
 Kinds of source:
 
@@ -75,7 +77,11 @@ class OODSource:
 
 # ------------------------------------------------------------------------------------- resolving
 def benchmark_names(id_kind: str, benchmark: str = DEFAULT_BENCHMARK) -> list[str]:
-    """The OOD set names scored against ``id_kind``, in report order (the tables never list the ID set)."""
+    """The OOD set names ``benchmark`` scores against ``id_kind``, in report order (never the ID set).
+
+    Raises:
+        UserError: an unknown benchmark, or one that does not define ``id_kind``.
+    """
     return list(benchmark_entry(benchmark, id_kind).ood)
 
 
@@ -128,7 +134,7 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
     Args:
         cfg: the run's config (``cfg.ood_paths()`` gives the configured folders).
         cli_specs: ``name=path`` strings, in command-line order.
-        id_kind: ``cifar10`` | ``cifar100`` | ``digits`` | ``imagefolder``.
+        id_kind: ``cifar10`` | ``cifar100`` | ``digits`` | ``imagefolder`` | ``imagenet``.
     Returns:
         ``(sources, skipped)``: sources in report order; skipped maps name -> reason.
     """
@@ -140,10 +146,10 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
     if entry.ood_lists:
         from .imglist import benchmark_root, list_path
 
-        image_dir = benchmark_root(cfg, entry) / entry.image_dir
+        root = benchmark_root(cfg, entry)
         for name in order:
             by_name[name] = OODSource(name, "imglist", list_path(cfg, entry, entry.ood_lists[name]),
-                                      image_dir=image_dir)
+                                      image_dir=root / entry.image_dir_of(name))
     for name in order:
         raw = configured.get(name)
         if raw is None:

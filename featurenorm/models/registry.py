@@ -27,12 +27,21 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 
 def model_names() -> list[str]:
-    """The registered names; any timm model is also available as ``timm/<name>``."""
+    """The registered names; any timm model is also available as ``timm/<name>``, and any torchvision
+    classification model as ``torchvision/<name>``."""
     return sorted(MODELS)
 
 
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
-    """Build a model by name. ``wrn{depth}_{widen}`` and ``timm/<name>`` are parsed on the fly."""
+    """Build a model by name. ``wrn{depth}_{widen}``, ``timm/<name>`` and ``torchvision/<name>`` are parsed on the fly.
+
+    ``options``: ``width``, ``pretrained``; for torchvision models also ``weights`` and ``download``
+    (see :func:`featurenorm.models.torchvision_models.build_torchvision`).
+    """
+    from .torchvision_models import PREFIX, build_torchvision
+
+    if name.startswith(PREFIX):
+        return build_torchvision(name[len(PREFIX):], num_classes, **options)
     if name.startswith("timm/"):
         from .timm_models import build_timm
         return build_timm(name[len("timm/"):], num_classes, **options)
@@ -47,7 +56,7 @@ def build_model(name: str, num_classes: int, **options) -> nn.Module:
     close = difflib.get_close_matches(name, model_names(), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(f"unknown architecture '{name}'{hint}; available: {', '.join(model_names())}, "
-                    "wrn{depth}_{widen}, timm/<name>")
+                    "wrn{depth}_{widen}, timm/<name>, torchvision/<name>")
 
 
 def block_names(model: nn.Module) -> list[str]:

@@ -51,11 +51,16 @@ class TimmClassifier(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def build_timm(name: str, num_classes: int, pretrained: bool = False, width: float = 1.0, **options) -> TimmClassifier:
+def build_timm(name: str, num_classes: int, pretrained: bool = False, width: float = 1.0, weights: str | None = None,
+               download: bool = False, **options) -> TimmClassifier:
+    """timm's ``create_model``; ``pretrained`` downloads through timm's own hub cache (``download`` is not consulted)."""
     import timm
 
     if width != 1.0:
         raise UserError("config key 'width' applies only to featurenorm's own architectures; remove it for timm models")
+    if weights is not None:
+        raise UserError("config key 'weights' names torchvision weights; for timm put the pretrained tag in the "
+                        "name, e.g. timm/resnet50.a1_in1k")
     try:
         net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **options)
     except RuntimeError as err:

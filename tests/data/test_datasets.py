@@ -84,7 +84,7 @@ def test_dataset_key_overrides_recognition(tmp_path, make_cifar):
     assert resolve_id_dataset(config(tmp_path / "x", dataset="digits")) == ("digits", tmp_path / "x")
     assert resolve_id_dataset(config("cifar10", dataset="cifar10", data_root="/r")) == ("cifar10", Path("/r/cifar10"))
     with pytest.raises(UserError, match=r"config key 'dataset' must be one of cifar10, cifar100, digits, "
-                                        r"imagefolder, got 'svhn'"):
+                                        r"imagefolder, imagenet, got 'svhn'"):
         resolve_id_dataset(config(tmp_path, dataset="svhn"))
 
 
@@ -138,7 +138,7 @@ def test_num_classes_mismatch(tmp_path, make_cifar):
 def test_unrecognised_folder_and_missing_path(tmp_path):
     (tmp_path / "stuff").mkdir()
     with pytest.raises(UserError, match=r"id_dataset '.*stuff' holds neither cifar-10-batches-py/, cifar-100-python/ "
-                                        r"nor train/ and test/ class folders"):
+                                        r"nor train/ and test/ \(or val/\) class folders"):
         resolve_id_dataset(config(tmp_path / "stuff"))
     with pytest.raises(UserError, match=r"id_dataset '.*nowhere' not found; fix the path, or use 'digits'"):
         resolve_id_dataset(config(tmp_path / "nowhere"))

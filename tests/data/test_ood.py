@@ -59,6 +59,15 @@ def test_benchmark_tables_follow_the_paper_order():
     far = ["svhn", "textures", "lsun", "lsun-resize", "isun", "places365"]
     assert BENCHMARKS["paper"]["datasets"]["cifar10"]["ood"] == (*far, "cifar100")
     assert BENCHMARKS["paper"]["datasets"]["cifar100"]["ood"] == (*far, "cifar10")
+    # the paper's ImageNet protocol (MOS's four subsets), in the paper's column order
+    assert BENCHMARKS["imagenet_four"]["datasets"] == {"imagenet": {"ood": ("inaturalist", "sun", "places", "textures")}}
+    # OpenOOD v1.5's ImageNet-1K groups, Textures read from images_classic/
+    from featurenorm.data.benchmarks import benchmark_entry
+
+    entry = benchmark_entry("openood_v1.5", "imagenet")
+    assert entry.groups == {"near": ("ssb_hard", "ninco"), "far": ("inaturalist", "textures", "openimage_o")}
+    assert (entry.image_dir_of("ninco"), entry.image_dir_of("textures")) == ("images_largescale", "images_classic")
+    assert entry.id_lists["test"] == "benchmark_imglist/imagenet/test_imagenet.txt"
 
 
 def test_config_keys_resolve_in_benchmark_order(tmp_path):

@@ -1,0 +1,138 @@
+"""Any torchvision classification model, as ``torchvision/<name>``, exactly as torchvision builds it.
+
+The model is not wrapped: its module names are torchvision's own (``layer4.1``, ``features.16``),
+and :func:`featurenorm.models.blocks.candidate_blocks` / ``classifier_parts`` find its blocks and
+head. Pretrained weights come through torchvision's weights enums and the torch hub cache
+(``torch.hub.get_dir()/checkpoints``); the network is used only when the config asks for it
+(``download: true``). The weights' metadata also gives the evaluation preprocessing (resize, crop,
+mean, std, interpolation) that :func:`featurenorm.config.from_dict` fills in as config defaults.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch.nn as nn
+
+from ..errors import UserError
+
+PREFIX = "torchvision/"
+
+
+def is_torchvision_arch(arch: str) -> bool:
+    return arch.startswith(PREFIX)
+
+
+def classification_names() -> list[str]:
+    """torchvision's classification model names (``resnet50``, ``vgg16``, ...), sorted."""
+    from torchvision import models
+
+    return sorted(models.list_models(module=models))
+
+
+def _check_name(name: str) -> None:
+    names = classification_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{PREFIX}{close[0]}'?)" if close else ""
+        raise UserError(f"unknown torchvision classification model '{name}'{hint}; list them with python -c "
+                        "'import torchvision; print(torchvision.models.list_models(module=torchvision.models))'")
+
+
+def resolve_weights(name: str, weights: str | None = None) -> Any:
+    """The weights enum member ``weights`` (e.g. ``IMAGENET1K_V1``) of model ``name``; None: its ``DEFAULT``."""
+    from torchvision import models
+
+    _check_name(name)
+    enum = models.get_model_weights(name)
+    members = [m for m in enum.__members__ if m != "DEFAULT"]
+    chosen = weights or "DEFAULT"
+    if chosen not in enum.__members__:
+        raise UserError(f"config key 'weights': {name} has no weights '{weights}'; valid: {', '.join(members)} "
+                        "(or leave it out for DEFAULT)")
+    return enum[chosen]
+
+
+def preprocessing(arch: str, weights: str | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """The evaluation preprocessing of the weights' ``transforms()``, as config values.
+
+    Returns ``image_size`` (the crop), ``resize_size`` (the shorter side before the crop), ``mean``,
+    ``std`` and ``interpolation``. When ``image_size`` is given, ``resize_size`` keeps the weights'
+    resize/crop ratio (256/224 for most ImageNet weights).
+    """
+    member = resolve_weights(arch[len(PREFIX):], weights)
+    transform = member.transforms()
+    crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
+    if image_size is not None:
+        resize = max(image_size, round(image_size * resize / crop))
+    return {"image_size": image_size or crop, "resize_size": resize, "mean": [float(v) for v in transform.mean],
+            "std": [float(v) for v in transform.std], "interpolation": transform.interpolation.value}
+
+
+def num_categories(arch: str, weights: str | None = None) -> int:
+    """How many classes the weights were trained on (1000 for ImageNet-1K)."""
+    return len(resolve_weights(arch[len(PREFIX):], weights).meta["categories"])
+
+
+def weights_file(member: Any) -> Path:
+    """Where torch hub keeps (or will keep) the weights file: ``torch.hub.get_dir()/checkpoints/<file>``."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(member.url)
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """torch hub loads cached files with ``weights_only=False``; force the safe loader (weights hold only tensors)."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def build_torchvision(name: str, num_classes: int | None = None, pretrained: bool = False, width: float = 1.0,
+                      weights: str | None = None, download: bool = False, **_: Any) -> nn.Module:
+    """torchvision's ``get_model(name)``: random init, or the weights ``weights`` when ``pretrained``.
+
+    Args:
+        num_classes: outputs of the head; None: the weights' category count. Must match it when pretrained.
+        weights: a member of the model's weights enum (``IMAGENET1K_V1``); None: ``DEFAULT``.
+        download: fetch a weights file missing from the torch hub cache (else a one-line UserError).
+    """
+    from torchvision import models
+
+    if width != 1.0:
+        raise UserError("config key 'width' applies only to featurenorm's own architectures; remove it for "
+                        "torchvision models")
+    member = resolve_weights(name, weights)
+    categories = len(member.meta["categories"])
+    if not pretrained:
+        return models.get_model(name, weights=None, num_classes=num_classes or categories)
+    if num_classes is not None and num_classes != categories:
+        raise UserError(f"torchvision's {member} weights have {categories} classes but num_classes is "
+                        f"{num_classes}; remove num_classes or set it to {categories}")
+    path = weights_file(member)
+    where = f"put {path.name} (from {member.url}) in {path.parent}"
+    if not path.is_file() and not download:
+        raise UserError(f"pretrained weights {member} are not in the torch hub cache: {where}, "
+                        "or set download true to fetch them")
+    try:
+        with _weights_only_loads():
+            return models.get_model(name, weights=member)
+    except OSError as err:  # no network (URLError), refused connection, full disk
+        raise UserError(f"could not download {member} ({err}); {where}") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        if "hash" in str(err):
+            raise UserError(f"the download of {path.name} is corrupt ({err}); delete {path} and retry") from None
+        raise UserError(f"'{path}' could not be loaded ({str(err).splitlines()[0]}); delete it and download "
+                        f"it again from {member.url}") from None
