@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import io, report
+from .data.batches import ImageBatches, gather_in_order
 from .checkpoint import WeightsSource, load_run_model
 from .config import Config
 from .data.datasets import load_split, resolve_id_dataset
@@ -30,8 +31,7 @@ from .results import AVERAGE, CONVENTION, DEFAULT_TABLE_METRICS
 from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 from .models.blocks import candidate_blocks
 from .selection import model_device, select_block
-from .runtime import Dist, amp_dtype, autocast, gather_concat, gather_sharded, init_distributed, progress_bar, shard, \
-    shutdown_distributed
+from .runtime import amp_dtype, autocast, init_distributed, progress_bar, shutdown_distributed
 
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
 FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "resize_size", "interpolation", "mean", "std", "arch",
@@ -173,26 +173,48 @@ class DatasetScores:
     unreadable: list[str] = field(default_factory=list)
 
 
-def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``images`` or ``(images, labels, ...)`` -> ``(images, labels or None)``."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None)
-    return batch, None
+def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``images``, ``(images, labels)`` or ``(images, labels, index)`` -> ``(images, labels, index)``, None
+    for what a batch does not carry (the index: each image's position in its set, see
+    :class:`~featurenorm.data.batches.ImageBatches`)."""
+    if not isinstance(batch, (tuple, list)):
+        return batch, None, None
+    labels = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+    index = batch[2] if len(batch) > 2 and isinstance(batch[2], torch.Tensor) else None
+    return batch[0], labels, index
+
+
+class _Collected:
+    """Per-image values batch by batch, put in set order at the end (across ranks when batches carry an index)."""
+
+    def __init__(self):
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.index: list[torch.Tensor] = []
+
+    def add(self, values: Mapping[str, torch.Tensor], index: torch.Tensor | None) -> None:
+        for name, value in values.items():
+            self.parts.setdefault(name, []).append(value)
+        if index is not None:
+            self.index.append(index)
+
+    def in_order(self) -> dict[str, torch.Tensor]:
+        index = torch.cat(self.index) if self.index else None
+        return {name: (gather_in_order(torch.cat(v), index) if index is not None else torch.cat(v).cpu())
+                for name, v in self.parts.items()}
 
 
 def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) -> DatasetScores:
     """Run the one-pass methods, then the input-gradient methods, over one data set.
 
-    ``batches`` yields images or ``(images, labels, ...)``; they are moved to the model's device.
-    Labels, where given and >= 0, count toward the accuracy. A loader with a ``gather(values)`` method
-    (a torchrun shard) puts each rank's per-image values back in data-set order, and its ``unreadable``
-    list names the files it skipped.
+    ``batches`` yields images, ``(images, labels)`` or ``(images, labels, index)``; they are moved to the
+    model's device. Labels, where given and >= 0, count toward the accuracy. With an index (as
+    :class:`~featurenorm.data.batches.ImageBatches` yields) the per-image values of every rank are
+    gathered back in set order; a ``batches.unreadable`` list names the files left out.
     """
     from .selection import model_device
 
     device = model_device(scorer.model)
-    parts: dict[str, list[torch.Tensor]] = {}
-    norm_parts: dict[str, list[torch.Tensor]] = {}
+    collected = _Collected()
     hits: list[torch.Tensor] = []  # correct predictions per batch, summed once at the end (no per-batch sync)
     labelled: list[torch.Tensor] = []
     count = 0
@@ -200,15 +222,13 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
     bar = progress_bar(total=len(batches) if hasattr(batches, "__len__") else None, desc=desc, leave=False,
                        disable=not progress)
     for batch in batches:
-        images, labels = split_batch(batch)
+        images, labels, index = split_batch(batch)
         images = images.to(device, non_blocking=True)
         scores, norms, logits = scorer.score_batch(images)
         if has_input:
             scores.update(scorer.input_scores(images))
-        for name, value in scores.items():
-            parts.setdefault(name, []).append(value)
-        for name, value in norms.items():
-            norm_parts.setdefault(name, []).append(value)
+        collected.add({**{f"score:{k}": v for k, v in scores.items()}, **{f"norm:{k}": v for k, v in norms.items()}},
+                      index)
         if labels is not None and logits is not None:
             labels = labels.to(logits.device)
             known = labels >= 0
@@ -217,12 +237,13 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
         count += images.shape[0]
         bar.update(1)
     bar.close()
-    gather = getattr(batches, "gather", None) or (lambda values: values)
+    values = collected.in_order()
     result = DatasetScores(correct=int(torch.stack(hits).sum()) if hits else 0,
                            labelled=int(torch.stack(labelled).sum()) if labelled else 0, count=count)
-    result.scores = {k: gather(torch.cat(v).cpu()) for k, v in parts.items()}
-    result.block_norms = {k: gather(torch.cat(v).cpu()) for k, v in norm_parts.items()}
-    result.unreadable = list(getattr(batches, "unreadable", []))
+    result.scores = {k[len("score:"):]: v for k, v in values.items() if k.startswith("score:")}
+    result.block_norms = {k[len("norm:"):]: v for k, v in values.items() if k.startswith("norm:")}
+    unreadable = getattr(batches, "all_unreadable", None)
+    result.unreadable = unreadable() if unreadable else list(getattr(batches, "unreadable", []))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         totals = torch.tensor([result.correct, result.labelled, result.count], dtype=torch.long)
         torch.distributed.all_reduce(totals)
@@ -232,26 +253,25 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
 
 def collect_features(forward_features: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, device: torch.device,
                      amp: torch.dtype | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, D) and labels (N,) of a labelled loader (e.g. the ID training set)."""
-    feats, labels = [], []
+    """Penultimate features (N, D) and labels (N,) of a labelled loader (e.g. the ID training set), in set order."""
+    collected = _Collected()
     bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc="fit: ID-train features",
                        leave=False, disable=not progress)
     with torch.inference_mode():
         for batch in loader:
-            images, y = split_batch(batch)
-            if y is None:
+            images, labels, index = split_batch(batch)
+            if labels is None:
                 raise ValueError("the fit loader must yield (images, labels) batches: the fitted methods need labels")
             images = images.to(device, non_blocking=True)
             with autocast(amp, device):
-                f = forward_features(images)
-            feats.append(f.float().cpu())
-            labels.append(y.cpu())
+                features = forward_features(images)
+            collected.add({"features": features.float().cpu(), "labels": labels.cpu()}, index)
             bar.update(1)
     bar.close()
-    if not feats:
+    if not collected.parts:
         raise ValueError("the fit loader yielded no images")
-    gather = getattr(loader, "gather", None) or (lambda values: values)
-    return gather(torch.cat(feats)), gather(torch.cat(labels))
+    values = collected.in_order()
+    return values["features"], values["labels"]
 
 
 # ------------------------------------------------------------------------------------ the Python API
@@ -454,61 +474,11 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
 
 
 # ------------------------------------------------------------------------------------------ data
-class _Shard:
-    """This rank's strided share of an ID split (or of its images ``subset``) as in-order batches; ``gather``
-    restores data-set order."""
-
-    def __init__(self, cfg: Config, split, device: torch.device, info: Dist, subset: torch.Tensor | None = None):
-        from .data.loaders import DeviceLoader, FolderLoader
-
-        self.info = info
-        index = shard(len(split), info) if subset is None else subset[shard(len(subset), info)]
-        if split.images is not None:
-            self.loader = DeviceLoader(split.images[index], split.labels[index], cfg.eval_batch_size, train=False,
-                                       mean=cfg.mean, std=cfg.std, device=device, image_size=cfg.image_size,
-                                       channels_last=cfg.channels_last, resize_size=cfg.resize_size,
-                                       interpolation=cfg.interpolation)
-        else:
-            from .data.images import split_dataset
-            self.loader = FolderLoader(split_dataset(split, cfg, train=False, indices=index.tolist()),
-                                       cfg.eval_batch_size, train=False, cfg=cfg, device=device)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return iter(self.loader)
-
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
-        return gather_sharded(values, None, self.info)
-
-
-class _OODShard:
-    """An OOD source read by this rank; ``gather`` puts every rank's values back in file order."""
-
-    def __init__(self, data, info: Dist):
-        self.data, self.info = data, info
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def gather(self, values: torch.Tensor) -> torch.Tensor:
-        if not self.info.enabled:
-            return values
-        order = torch.argsort(gather_concat(self.data.indices, self.info), stable=True)
-        return gather_concat(values, self.info)[order]
-
-    @property
-    def unreadable(self) -> list[str]:
-        if not self.info.enabled:
-            return list(self.data.unreadable)
-        parts: list = [None] * self.info.world_size
-        torch.distributed.all_gather_object(parts, list(self.data.unreadable))
-        position = {path: i for i, path in enumerate(self.data.paths or [])}
-        return sorted((p for part in parts for p in part), key=lambda p: position.get(p, -1))
+def id_batches(cfg: Config, split, device: torch.device, subset: torch.Tensor | None = None) -> ImageBatches:
+    """In-order batches of an ID split (or of its images ``subset``), this rank's share."""
+    if split.images is not None:
+        return ImageBatches(cfg, device, images=split.images, labels=split.labels, subset=subset, name=split.name)
+    return ImageBatches(cfg, device, samples=split.image_samples(), subset=subset, name=split.name)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -528,13 +498,12 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             if any(map(uses_block, names)) or all_blocks else None
         built = {name: build_method(name, cfg) for name in names}
         live, skipped = _live_ood_sources(cfg, ood_specs)
-        fit_status = fit_with_cache(cfg, model, built, weights, lambda: _fit_shard(cfg, device, info),
+        fit_status = fit_with_cache(cfg, model, built, weights, lambda: _fit_batches(cfg, device),
                                     amp, progress, info.is_main)
-        ood_loaders = {source.name: _OODShard(open_ood(source, cfg, device, rank=info.rank,
-                                                       world_size=info.world_size), info) for source in live}
+        ood_loaders = {source.name: open_ood(source, cfg, device) for source in live}
         test_split = load_split(cfg, train=False)
         try:
-            evaluation = evaluate_scores(model, _Shard(cfg, test_split, device, info), ood_loaders,
+            evaluation = evaluate_scores(model, id_batches(cfg, test_split, device), ood_loaders,
                                          list(built.values()), block=selected["name"] if selected else None,
                                          all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
                                          amp=amp, cfg=cfg, fitted=fit_status, progress=show)
@@ -566,14 +535,14 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         shutdown_distributed()
 
 
-def _fit_shard(cfg: Config, device: torch.device, info: Dist) -> _Shard:
+def _fit_batches(cfg: Config, device: torch.device) -> ImageBatches:
     """The ID-train images the fitted methods read: all, or a seeded subsample (``fit_samples``; ImageNet: 1%)."""
     from .data.datasets import seeded_subsample, train_subsample_size
 
     split = load_split(cfg, train=True)
     count = train_subsample_size(cfg, "fit", len(split))
     subset = None if count is None else seeded_subsample(len(split), count, FIT_SUBSAMPLE_SEED)
-    return _Shard(cfg, split, device, info, subset)
+    return id_batches(cfg, split, device, subset)
 
 
 def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict[str, str]]:

@@ -116,37 +116,6 @@ def progress_bar(**kwargs):
     return tqdm(**kwargs)
 
 
-def shard(n: int, info: Dist) -> torch.Tensor:
-    """This rank's strided share ``[rank, rank + W, ...]`` of ``range(n)``."""
-    return torch.arange(info.rank, n, info.world_size)
-
-
-def gather_sharded(values: torch.Tensor, n: int | None, info: Dist) -> torch.Tensor:
-    """Undo :func:`shard`: collect every rank's (n_r, ...) values into the (n, ...) single-process order.
-
-    Each rank gets the full tensor; ``n`` defaults to the total gathered. Without a process group this
-    returns ``values``.
-    """
-    if not info.enabled:
-        return values
-    parts: list = [None] * info.world_size
-    dist.all_gather_object(parts, values.cpu())
-    n = n if n is not None else sum(len(part) for part in parts)
-    full = torch.empty((n, *values.shape[1:]), dtype=values.dtype)
-    for rank, part in enumerate(parts):
-        full[rank::info.world_size] = part
-    return full
-
-
-def gather_concat(values: torch.Tensor, info: Dist) -> torch.Tensor:
-    """Every rank's (n_r, ...) values concatenated in rank order (shards of unequal, unknown size)."""
-    if not info.enabled:
-        return values
-    parts: list = [None] * info.world_size
-    dist.all_gather_object(parts, values.cpu())
-    return torch.cat(parts)
-
-
 # ------------------------------------------------------------------------------------ the machine
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""

@@ -543,7 +543,8 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     from .data.datasets import load_split, train_subsample_size
     from .data.jigsaw import sample_permutations
     from .models.blocks import candidate_blocks
-    from .runtime import amp_dtype, gather_sharded, init_distributed, shard, shutdown_distributed
+    from .data.batches import ImageBatches, gather_in_order
+    from .runtime import amp_dtype, init_distributed, shutdown_distributed
 
     grid = grid if grid is not None else cfg.jigsaw_grid
     seed = seed if seed is not None else cfg.seed
@@ -572,14 +573,21 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         if num_samples is not None and num_samples < total:
             chosen = torch.randperm(total, generator=generator)[:num_samples].sort().values
         permutations = sample_permutations(len(chosen), cfg.image_size, cfg.image_size, grid, generator)
-        mine = shard(len(chosen), info)
-        loader = _selection_loader(cfg, split, chosen[mine], permutations[mine], device)
+        batches = ImageBatches(cfg, device, **_split_source(split), subset=chosen)
         del split  # ImageNet's 1.3M training paths: the loader's workers need only the subsample's
-        norms = collect_paired_norms(model, loader, blocks, grid, amp_dtype(cfg, device),
+        positions: list[torch.Tensor] = []
+
+        def paired():  # each image with its own row of the permutation table
+            for images, _, index in batches:
+                positions.append(index)
+                yield images, permutations[index]
+
+        norms = collect_paired_norms(model, _Sized(paired(), len(batches)), blocks, grid, amp_dtype(cfg, device),
                                      progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
                                      seed=seed, stream=info.rank)
-        norms.id = {n: gather_sharded(v, len(chosen), info) for n, v in norms.id.items()}
-        norms.pseudo = {kind: {n: gather_sharded(v, len(chosen), info) for n, v in per_block.items()}
+        index = torch.cat(positions)
+        norms.id = {n: gather_in_order(v, index) for n, v in norms.id.items()}
+        norms.pseudo = {kind: {n: gather_in_order(v, index) for n, v in per_block.items()}
                         for kind, per_block in norms.pseudo.items()}
         _check_finite_norms(norms, weights.description)
         selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=cfg.arch,
@@ -603,51 +611,21 @@ def _check_finite_norms(norms: BlockNorms, checkpoint) -> None:
                                 f"checkpoint '{checkpoint}' (it may have diverged)")
 
 
-def _selection_loader(cfg, split, index: torch.Tensor, permutations: torch.Tensor, device: torch.device):
-    """Batches of ``(images, permutations)`` of the chosen ID training images, eval transform."""
-    from .data.loaders import DeviceLoader
-
-    batch_size = cfg.eval_batch_size
+def _split_source(split) -> dict[str, Any]:
+    """An ID split as :class:`~featurenorm.data.batches.ImageBatches` arguments: tensors, or files."""
     if split.images is not None:
-        loader = DeviceLoader(split.images[index], split.labels[index], batch_size, train=False, mean=cfg.mean,
-                              std=cfg.std, device=device, image_size=cfg.image_size,
-                              channels_last=cfg.channels_last, resize_size=cfg.resize_size,
-                              interpolation=cfg.interpolation)
-        return _Paired(loader, permutations, batch_size)
-    from torch.utils.data import DataLoader
-
-    from .data.images import split_dataset
-
-    dataset = split_dataset(split, cfg, train=False, indices=index.tolist())
-    loader = _MovedLoader(DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers,
-                                     pin_memory=device.type == "cuda"), device)
-    return _Paired(loader, permutations, batch_size)
+        return {"images": split.images, "labels": split.labels, "name": split.name}
+    return {"samples": split.image_samples(), "name": split.name}
 
 
-class _MovedLoader:
-    def __init__(self, loader, device: torch.device):
-        self.loader, self.device = loader, device
+class _Sized:
+    """An iterator with the length of the batches it comes from (for the progress bar)."""
+
+    def __init__(self, iterator, length: int):
+        self.iterator, self.length = iterator, length
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.length
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield images.to(self.device, non_blocking=True), labels
-
-
-class _Paired:
-    """Zip a loader's image batches with the matching rows of a permutation table."""
-
-    def __init__(self, loader, permutations: torch.Tensor, batch_size: int):
-        self.loader, self.permutations, self.batch_size = loader, permutations, batch_size
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        start = 0
-        for images, _ in self.loader:
-            size = images.shape[0]
-            yield images, self.permutations[start:start + size]  # apply_permutation moves it after checking
-            start += size
+        return self.iterator

@@ -21,6 +21,8 @@ from ..config import Config
 
 def shard(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """This rank's positions ``[rank, rank + W, rank + 2W, ...]`` of ``range(n)``: (n_rank,) int64."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     return torch.arange(rank, n, world_size)
 
 
@@ -32,23 +34,28 @@ def _process_group() -> tuple[int, int]:
     return 0, 1
 
 
+def merge_in_order(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``[(values (n_r, ...), positions (n_r,)), ...]`` of several ranks -> (n, ...) values in set order."""
+    values = torch.cat([part[0].cpu() for part in parts])
+    index = torch.cat([part[1].cpu() for part in parts])
+    return values[torch.argsort(index, stable=True)]
+
+
 def gather_in_order(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per-image values of every rank, sorted by their positions in the set: (n, ...) on the CPU.
+    """Per-image values of every rank of the process group (if any), in set order: (n, ...) on the CPU.
 
     Args:
         values: (n_rank, ...) this rank's values.
         index: (n_rank,) their positions in the set.
     """
-    values, index = values.cpu(), index.cpu()
     _, world_size = _process_group()
+    parts: list = [(values.cpu(), index.cpu())]
     if world_size > 1:
         import torch.distributed as dist
 
-        parts: list = [None] * world_size
-        dist.all_gather_object(parts, (values, index))
-        values = torch.cat([part[0] for part in parts])
-        index = torch.cat([part[1] for part in parts])
-    return values[torch.argsort(index, stable=True)]
+        parts = [None] * world_size
+        dist.all_gather_object(parts, (values.cpu(), index.cpu()))
+    return merge_in_order(parts)
 
 
 class _Samples(Dataset):
@@ -75,6 +82,17 @@ class _Samples(Dataset):
 
 class UnreadableImagesWarning(UserWarning):
     """Some images of a set could not be read and were left out."""
+
+
+MAX_LISTED_UNREADABLE = 10
+
+
+def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE,
+                        what: str = "OOD set") -> str:
+    """One message naming at most ``limit`` unreadable (or missing) files, then ``and N more``."""
+    listed = ", ".join(paths[:limit])
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"{what} '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
 
 
 class ImageBatches:
@@ -106,6 +124,7 @@ class ImageBatches:
         self.batch_size = max(1, (batch_size or cfg.eval_batch_size) // world_size)
         self.images, self.labels, self.samples = images, labels, samples
         self.unreadable: list[str] = []
+        self._warned = False  # unreadable files are reported once, on the first pass
 
     def __len__(self) -> int:
         return -(-len(self.positions) // self.batch_size)
@@ -123,7 +142,8 @@ class ImageBatches:
         labels = self.labels if self.labels is not None else torch.full((len(self.images),), -1, dtype=torch.int64)
         loader = DeviceLoader(self.images[self.members], labels[self.members], self.batch_size, train=False,
                               mean=cfg.mean, std=cfg.std, device=self.device, image_size=cfg.image_size,
-                              channels_last=cfg.channels_last)
+                              channels_last=cfg.channels_last, resize_size=cfg.resize_size,
+                              interpolation=cfg.interpolation)
         start = 0
         for images, batch_labels in loader:
             size = images.shape[0]
@@ -149,9 +169,8 @@ class ImageBatches:
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, labels[ok], self.positions[local[ok]]
-        if self.unreadable:
-            from .ood import describe_unreadable
-
+        if self.unreadable and not self._warned:
+            self._warned = True
             warnings.warn(describe_unreadable(self.name, self.unreadable), UnreadableImagesWarning, stacklevel=2)
 
     def all_unreadable(self) -> list[str]:

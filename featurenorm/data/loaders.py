@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
+from .batches import shard
 from .datasets import Split
 
 
@@ -151,8 +152,9 @@ class DeviceLoader:
                 batch = random_crop_flip(batch, self.crop_padding, self.hflip, generator)
             if step < start_step:
                 continue
-            if self.world_size > 1:
-                batch, labels = batch[self.rank::self.world_size], self.labels[index][self.rank::self.world_size]
+            if self.world_size > 1:  # this rank's share of the global batch (data.batches.shard)
+                mine = shard(len(index), self.rank, self.world_size).to(self.device)
+                batch, labels = batch[mine], self.labels[index][mine]
             else:
                 labels = self.labels[index]
             yield self.prepare(batch), labels
@@ -169,27 +171,54 @@ class DeviceLoader:
         return x
 
 
+class ShardedBatchSampler:
+    """Batches of dataset indices for one rank: the epoch's order (shuffled by ``(seed, epoch)`` when training)
+    cut into global batches of ``batch_size``, of which this rank takes positions rank, rank + W, ... (the
+    project's one sharding rule, :func:`featurenorm.data.batches.shard`)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int, world_size: int):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self):
+        from .batches import shard
+
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)) if self.shuffle \
+            else torch.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            yield batch[shard(len(batch), self.rank, self.world_size)].tolist()
+
+
 class FolderLoader:
     """A torch DataLoader (workers, pinned memory, persistent workers) moving batches to ``device``."""
 
     def __init__(self, dataset, batch_size: int, *, train: bool, cfg: Config, device: torch.device,
                  rank: int = 0, world_size: int = 1):
         from torch.utils.data import DataLoader
-        from torch.utils.data.distributed import DistributedSampler
 
         self.dataset = dataset
         self.train, self.device, self.seed = train, device, cfg.seed
         self.channels_last = cfg.channels_last
         self.epoch = 0
-        self.sampler = None
-        if world_size > 1:
-            self.sampler = DistributedSampler(dataset, world_size, rank, shuffle=train, seed=cfg.seed)
         self.batch_size = max(1, batch_size // world_size)  # the config's batch size is the global batch
         self._generator = torch.Generator()
-        self._loader = DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-            persistent_workers=cfg.num_workers > 0, sampler=self.sampler,
-            shuffle=train and self.sampler is None, generator=self._generator)
+        self.sampler = None
+        if world_size > 1:  # each rank takes its share of every global batch, as DeviceLoader does
+            self.sampler = ShardedBatchSampler(len(dataset), batch_size, train, cfg.seed, rank, world_size)
+            self._loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=cfg.num_workers,
+                                      pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+                                      generator=self._generator)
+        else:
+            self._loader = DataLoader(
+                dataset, batch_size=self.batch_size, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                persistent_workers=cfg.num_workers > 0, shuffle=train, generator=self._generator)
 
     @property
     def num_samples(self) -> int:

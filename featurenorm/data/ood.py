@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -41,18 +40,14 @@ import torch
 from ..config import Config
 from ..errors import UserError
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry  # noqa: F401
-from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, Split, is_image_file, load_cifar
+from .batches import ImageBatches, UnreadableImagesWarning, describe_unreadable  # noqa: F401
+from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, is_image_file, load_cifar
 SVHN_TEST_FILE = "test_32x32.mat"
 # Seed of the Places365 subsample: fixed, independent of the run's seed, so that every run
 # (and every method and checkpoint compared) scores the same images.
 PLACES365_SUBSAMPLE_SEED = 0
-MAX_LISTED_UNREADABLE = 10
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _RESERVED_NAMES = ("average", *GROUP_NAMES)  # keys of the results tables
-
-
-class UnreadableImagesWarning(UserWarning):
-    """Some files of an OOD folder could not be decoded and were left out."""
 
 
 @dataclass
@@ -225,38 +220,6 @@ def check_ood_source(source: OODSource) -> Optional[str]:
 
 
 # -------------------------------------------------------------------------- sharding, subsampling
-def shard_indices(n: int, rank: int, world_size: int) -> torch.Tensor:
-    """Indices of the images rank ``rank`` scores: the strided shard ``arange(n)[rank::world_size]``.
-
-    Returns:
-        (ceil((n - rank) / world_size),) int64.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    return torch.arange(n, dtype=torch.int64)[rank::world_size]
-
-
-def merge_shards(parts: Sequence[np.ndarray], indices: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
-    """Per-rank arrays (gathered in rank order) back in single-process order.
-
-    Args:
-        parts: rank r's values, (N_r, ...) each.
-        indices: rank r's image indices, (N_r,) each (:attr:`OODData.indices`); needed when
-            unreadable images were dropped. Without it the parts must be whole strided shards.
-    Returns:
-        (sum N_r, ...) values ordered by image index.
-    """
-    parts = [np.asarray(p) for p in parts]
-    if indices is None:
-        n = sum(len(p) for p in parts)
-        indices = [shard_indices(n, r, len(parts)).numpy() for r in range(len(parts))]
-        if [len(i) for i in indices] != [len(p) for p in parts]:
-            raise ValueError(f"part sizes {[len(p) for p in parts]} are not strided shards of {n}; pass indices")
-    index = np.concatenate([np.asarray(i, dtype=np.int64) for i in indices])
-    values = np.concatenate(parts)
-    return values[np.argsort(index, kind="stable")]
-
-
 def subsample_paths(paths: Sequence[str], k: int, seed: int = PLACES365_SUBSAMPLE_SEED) -> list[str]:
     """A fixed subsample of ``k`` of the sorted ``paths``, in sorted order (all when fewer).
 
@@ -269,15 +232,6 @@ def subsample_paths(paths: Sequence[str], k: int, seed: int = PLACES365_SUBSAMPL
     return [ordered[i] for i in sorted(chosen.tolist())]
 
 
-def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE,
-                        what: str = "OOD set") -> str:
-    """One message naming at most ``limit`` unreadable (or missing) files, then ``and N more``."""
-    listed = ", ".join(paths[:limit])
-    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return f"{what} '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
-
-
-# --------------------------------------------------------------------------------------- loading
 def load_svhn_test(root: Path) -> torch.Tensor:
     """SVHN's test split from ``root/test_32x32.mat`` through torchvision.
 
@@ -300,119 +254,31 @@ def load_svhn_test(root: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(ds.data))
 
 
-class OODData:
-    """The images of one OOD set, as normalized float batches on the device (no labels).
+def ood_paths(source: OODSource, cfg: Config) -> list[str]:
+    """Every image path of a folder or image-list source (Places365: its fixed subsample), in set order."""
+    from .images import list_images
 
-    Attributes:
-        name: the set's name.
-        kind: the source kind.
-        paths: every image path of the set (after the Places365 subsample), folders and lists only;
-            else None.
-        total_images: size of the whole set, all ranks together.
-        shard: (n_rank,) int64 indices of this rank's images.
-        indices: (num_images,) int64 indices of the images yielded, in yield order, so that
-            ``scores[i]`` belongs to image ``indices[i]``; for folders filled during iteration.
-        num_images: images this rank scores; for folders, the files listed before iteration
-            and the ones actually read after it.
-        unreadable: paths of files that could not be decoded, filled during iteration.
-    """
+    if source.kind == "imglist":  # every listed file; missing ones count as unreadable when read
+        from .imglist import read_image_list
 
-    def __init__(self, source: OODSource, cfg: Config, device: torch.device | str, batch_size: Optional[int] = None,
-                 rank: int = 0, world_size: int = 1, seed: int = 0):
-        self.name, self.kind = source.name, source.kind
-        self.cfg = cfg
-        self.device = torch.device(device)
-        # the eval batch is global, as for the ID loaders: each rank takes its share
-        self.batch_size = max(1, (batch_size or cfg.eval_batch_size) // world_size)
-        self.seed = seed  # only the order-free eval path exists; kept for the loader's signature
-        self.paths: Optional[list[str]] = None
-        self.unreadable: list[str] = []
-        self._warned = False
-        if source.kind in ("folder", "imglist"):
-            self.paths = self._list_folder(source)
-            self.total_images = len(self.paths)
-            self.shard = shard_indices(self.total_images, rank, world_size)
-            self.indices = self.shard.clone()
-            self._loader = None
-        else:
-            images = self._load_array(source)
-            self.total_images = len(images)
-            self.shard = shard_indices(self.total_images, rank, world_size)
-            self.indices = self.shard.clone()
-            self._loader = self._array_loader(images[self.shard])
-
-    @property
-    def num_images(self) -> int:
-        return len(self.indices)
-
-    def __len__(self) -> int:
-        """Batches per pass."""
-        return -(-len(self.shard) // self.batch_size)
-
-    def _list_folder(self, source: OODSource) -> list[str]:
-        from .images import list_images
-
-        if source.kind == "imglist":  # every listed file; missing ones count as unreadable when read
-            from .imglist import read_image_list
-
-            return [path for path, _ in read_image_list(source.path, source.image_dir)]
-        paths = list_images(source.path)
-        if source.name == "places365":
-            paths = subsample_paths(paths, self.cfg.places365_samples)
-        return paths
-
-    def _load_array(self, source: OODSource) -> torch.Tensor:
-        if source.kind == "svhn":
-            return load_svhn_test(source.path)
-        return load_cifar(source.kind, source.path, train=False, download=False).images
-
-    def _array_loader(self, images: torch.Tensor):
-        from .loaders import make_loader
-
-        # the ID test path, so that OOD arrays get exactly the ID preprocessing; sharding is done
-        # here (strided over the whole set), not by the loader (strided within each batch)
-        split = Split(self.kind, images=images, labels=torch.zeros(len(images), dtype=torch.int64))
-        return make_loader(self.cfg, split, train=False, device=self.device, batch_size=self.batch_size)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        """Yield (B, 3, S, S) float batches on the device; unreadable folder images are left out."""
-        if self._loader is not None:
-            for images, _ in self._loader:
-                yield images
-            return
-        yield from self._iterate_folder()
-
-    def _iterate_folder(self) -> Iterator[torch.Tensor]:
-        from torch.utils.data import DataLoader
-
-        from .images import TolerantImageDataset, eval_transform
-
-        shard_paths = [self.paths[i] for i in self.shard.tolist()]
-        dataset = TolerantImageDataset(shard_paths, eval_transform(self.cfg))
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
-                            pin_memory=self.device.type == "cuda")
-        kept: list[torch.Tensor] = []
-        self.unreadable = []
-        try:
-            for images, local, ok in loader:
-                self.unreadable += [shard_paths[i] for i in local[~ok].tolist()]
-                if not ok.any():
-                    continue
-                kept.append(self.shard[local[ok]])
-                images = images if ok.all() else images[ok]
-                images = images.to(self.device, non_blocking=True)
-                if self.cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                yield images
-        finally:
-            # also after a partial pass, ``indices`` matches the batches actually yielded
-            self.indices = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64)
-        if self.unreadable and not self._warned:
-            self._warned = True
-            warnings.warn(describe_unreadable(self.name, self.unreadable), UnreadableImagesWarning, stacklevel=2)
+        return [path for path, _ in read_image_list(source.path, source.image_dir)]
+    paths = list_images(source.path)
+    if source.name == "places365":
+        paths = subsample_paths(paths, cfg.places365_samples)
+    return paths
 
 
 def open_ood(source: OODSource, cfg: Config, device: torch.device | str, batch_size: Optional[int] = None,
-             rank: int = 0, world_size: int = 1, seed: int = 0) -> OODData:
-    """Open one OOD set for scoring; rank ``rank`` of ``world_size`` gets the strided shard."""
-    return OODData(source, cfg, device, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed)
+             rank: Optional[int] = None, world_size: Optional[int] = None) -> ImageBatches:
+    """One OOD set as :class:`~featurenorm.data.batches.ImageBatches` (labels -1), this rank's share.
+
+    Arrays (SVHN, CIFAR) are read on the device exactly like the ID test set; folders and image lists
+    by DataLoader workers, unreadable files left out and named in ``unreadable``.
+    """
+    common = dict(batch_size=batch_size, name=source.name, rank=rank, world_size=world_size)
+    if source.kind in ("folder", "imglist"):
+        samples = [(path, -1) for path in ood_paths(source, cfg)]
+        return ImageBatches(cfg, torch.device(device), samples=samples, tolerant=True, **common)
+    images = load_svhn_test(source.path) if source.kind == "svhn" else \
+        load_cifar(source.kind, source.path, train=False, download=False).images
+    return ImageBatches(cfg, torch.device(device), images=images, **common)

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from featurenorm.config import Config
+from featurenorm.data.batches import merge_in_order, shard
 from featurenorm.data.ood import (BENCHMARKS, OODSource, UnreadableImagesWarning, check_ood_source,
-                                  describe_unreadable, merge_shards, open_ood, parse_ood_spec,
-                                  resolve_ood_sources, shard_indices, subsample_paths)
+                                  describe_unreadable, open_ood, parse_ood_spec, resolve_ood_sources,
+                                  subsample_paths)
 from featurenorm.errors import UserError
 
 SIZE = 8
@@ -38,8 +39,20 @@ def solid(path: Path, mode: str, size: tuple[int, int], value) -> Path:
 
 
 def collect(data) -> torch.Tensor:
+    """The images of one pass, in yield order."""
+    return collect_indexed(data)[0]
+
+
+def collect_indexed(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, their positions in the set) of one pass."""
     batches = list(data)
-    return torch.cat(batches) if batches else torch.zeros(0, 3, SIZE, SIZE)
+    if not batches:
+        return torch.zeros(0, 3, SIZE, SIZE), torch.zeros(0, dtype=torch.int64)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[2] for b in batches])
+
+
+def paths_of(data) -> list[str]:
+    return [path for path, _ in data.samples]
 
 
 def write_svhn(root: Path, n: int, seed: int = 0) -> np.ndarray:
@@ -177,15 +190,16 @@ def test_any_mode_and_size_comes_out_normalized_rgb(tmp_path):
                 "rgb.png": (255, 0, 128), "gray.png": (51,) * 3, "gray_alpha.png": (200,) * 3,
                 "rgba.png": (1, 2, 3), "tiny.png": (0, 255, 0), "large.jpg": (0, 0, 0)}
     data = open_ood(OODSource("mine", "folder", root, explicit=True), make_cfg(tmp_path), "cpu")
-    images = collect(data)
-    assert sorted(Path(p).name for p in data.paths) == sorted(expected)  # txt/csv ignored, nested found
+    images, indices = collect_indexed(data)
+    paths = paths_of(data)
+    assert sorted(Path(p).name for p in paths) == sorted(expected)  # txt/csv ignored, nested found
     assert images.shape == (len(expected), 3, SIZE, SIZE) and images.dtype == torch.float32
-    assert data.num_images == len(expected) and data.unreadable == []
-    for row, index in enumerate(data.indices.tolist()):
-        want = normalized(expected[Path(data.paths[index]).name]).view(3, 1, 1).expand(3, SIZE, SIZE)
-        torch.testing.assert_close(images[row], want, atol=1e-6, rtol=0, msg=data.paths[index])
+    assert len(indices) == len(expected) and data.unreadable == []
+    for row, index in enumerate(indices.tolist()):
+        want = normalized(expected[Path(paths[index]).name]).view(3, 1, 1).expand(3, SIZE, SIZE)
+        torch.testing.assert_close(images[row], want, atol=1e-6, rtol=0, msg=paths[index])
     # the 16-bit white is full scale, not clipped or wrapped
-    assert images[data.paths.index(str(root / "gray16.png"))].eq(1.0).all()
+    assert images[paths.index(str(root / "gray16.png"))].eq(1.0).all()
 
 
 def test_unreadable_files_are_skipped_listed_and_warned_once(tmp_path):
@@ -200,14 +214,14 @@ def test_unreadable_files_are_skipped_listed_and_warned_once(tmp_path):
     solid(root / "e.png", "RGB", (6, 6), (255, 0, 255))
 
     data = open_ood(OODSource("mine", "folder", root, explicit=True), make_cfg(tmp_path, eval_batch_size=2), "cpu")
-    assert data.num_images == 5  # listed, not yet read
+    assert len(data.positions) == 5  # listed, not yet read
     with pytest.warns(UnreadableImagesWarning) as caught:
-        images = collect(data)
+        images, indices = collect_indexed(data)
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "b_corrupt.png" in message and "c_truncated.png" in message and "skipped 2 unreadable" in message
     assert data.unreadable == [str(root / "b_corrupt.png"), str(root / "c_truncated.png")]
-    assert data.indices.tolist() == [0, 3, 4] and data.num_images == 3
+    assert indices.tolist() == [0, 3, 4]
     torch.testing.assert_close(images[:, :, 0, 0], torch.stack([normalized(c) for c in
                                                                 ((255, 255, 255), (0, 0, 0), (255, 0, 255))]))
     with warnings.catch_warnings():
@@ -245,7 +259,7 @@ def test_svhn_mat_round_trips(tmp_path):
     assert (source.kind, check_ood_source(source)) == ("svhn", None)
     data = open_ood(source, cfg, "cpu", batch_size=2)
     torch.testing.assert_close(collect(data), as_nchw.float() / 255 * 2 - 1)
-    assert (data.num_images, len(data)) == (5, 3)
+    assert (len(data.positions), len(data)) == (5, 3)
 
     # another image_size: resized on the device, like the ID test arrays
     small = collect(open_ood(source, make_cfg(tmp_path, image_size=SIZE), "cpu"))
@@ -260,8 +274,8 @@ def test_svhn_shards_are_strided(tmp_path):
     source = OODSource("svhn", "svhn", tmp_path / "svhn")
     parts = [open_ood(source, cfg, "cpu", rank=r, world_size=2) for r in range(2)]
     torch.testing.assert_close(collect(parts[1]), as_nchw[1::2])
-    merged = merge_shards([collect(p).numpy() for p in parts])
-    np.testing.assert_array_equal(merged, collect(open_ood(source, cfg, "cpu")).numpy())  # the 1-process order
+    merged = merge_in_order([collect_indexed(p) for p in parts])
+    torch.testing.assert_close(merged, collect(open_ood(source, cfg, "cpu")))  # the 1-process order
 
 
 def test_cifar_near_ood_reads_the_test_split(tmp_path, make_cifar):
@@ -285,28 +299,29 @@ def test_places365_subsample_is_fixed_and_sorted(tmp_path):
 
     for run_seed in (0, 1):
         cfg = make_cfg(tmp_path, places365_samples=5, seed=run_seed)
-        data = open_ood(OODSource("places365", "folder", root), cfg, "cpu", seed=run_seed)
-        assert data.paths == expected
+        data = open_ood(OODSource("places365", "folder", root), cfg, "cpu")
+        assert paths_of(data) == expected
         assert collect(data).shape[0] == 5
     assert subsample_paths(every[:3], 5) == every[:3]  # fewer than asked: all of them
     # other sets are not subsampled
-    assert len(open_ood(OODSource("lsun", "folder", root), make_cfg(tmp_path, places365_samples=5), "cpu").paths) == 12
+    assert len(paths_of(open_ood(OODSource("lsun", "folder", root), make_cfg(tmp_path, places365_samples=5),
+                                 "cpu"))) == 12
 
 
-def test_shard_indices_are_strided_and_merge_back():
-    assert shard_indices(10, 0, 2).tolist() == [0, 2, 4, 6, 8]
-    assert shard_indices(10, 1, 2).tolist() == [1, 3, 5, 7, 9]
-    assert shard_indices(5, 2, 3).tolist() == [2]
-    scores = np.arange(10) * 1.5
-    parts = [scores[shard_indices(10, r, 2).numpy()] for r in range(2)]
-    np.testing.assert_array_equal(merge_shards(parts), scores)
-    # uneven shards (7 = 3 + 2 + 2), and explicit indices after dropped images
-    parts3 = [np.arange(7)[r::3] for r in range(3)]
-    np.testing.assert_array_equal(merge_shards(parts3), np.arange(7))
-    np.testing.assert_array_equal(merge_shards([np.array([10., 40.]), np.array([30.])],
-                                               [np.array([0, 4]), np.array([3])]), [10., 30., 40.])
+def test_one_sharding_rule_and_one_merge():
+    assert shard(10, 0, 2).tolist() == [0, 2, 4, 6, 8]
+    assert shard(10, 1, 2).tolist() == [1, 3, 5, 7, 9]
+    assert shard(5, 2, 3).tolist() == [2]
+    scores = torch.arange(10) * 1.5
+    parts = [(scores[shard(10, r, 2)], shard(10, r, 2)) for r in range(2)]
+    torch.testing.assert_close(merge_in_order(parts), scores)
+    # uneven shards (7 = 3 + 2 + 2), and positions with gaps after dropped images
+    torch.testing.assert_close(merge_in_order([(torch.arange(7)[r::3], torch.arange(7)[r::3]) for r in range(3)]),
+                               torch.arange(7))
+    torch.testing.assert_close(merge_in_order([(torch.tensor([10., 40.]), torch.tensor([0, 4])),
+                                               (torch.tensor([30.]), torch.tensor([3]))]), torch.tensor([10., 30., 40.]))
     with pytest.raises(ValueError):
-        shard_indices(10, 2, 2)
+        shard(10, 2, 2)
 
 
 def test_folder_shards_cover_the_set_once(tmp_path):
@@ -315,8 +330,7 @@ def test_folder_shards_cover_the_set_once(tmp_path):
         solid(root / f"{i:02d}.png", "L", (3, 3), i * 20)
     cfg = make_cfg(tmp_path, eval_batch_size=4)
     source = OODSource("mine", "folder", root)
-    parts = [open_ood(source, cfg, "cpu", rank=r, world_size=2) for r in range(2)]
-    values = [collect(p)[:, 0, 0, 0].numpy() for p in parts]
-    assert [p.indices.tolist() for p in parts] == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
-    merged = merge_shards(values, [p.indices.numpy() for p in parts])
-    np.testing.assert_allclose(merged, np.arange(10) * 20 / 255 * 2 - 1, atol=1e-6)
+    parts = [collect_indexed(open_ood(source, cfg, "cpu", rank=r, world_size=2)) for r in range(2)]
+    assert [index.tolist() for _, index in parts] == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    merged = merge_in_order([(images[:, 0, 0, 0], index) for images, index in parts])
+    np.testing.assert_allclose(merged.numpy(), np.arange(10) * 20 / 255 * 2 - 1, atol=1e-6)
