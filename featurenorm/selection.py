@@ -23,6 +23,7 @@ import torch.nn as nn
 from .config import CRITERIA, Config
 from .errors import UserError
 from .features import FeatureTap
+from .metrics import auroc
 
 # Keeps NormRatio finite when a block is completely silent on a puzzle (all channels dead);
 # far below any FeatureNorm of a live block, so other ratios are unaffected.
@@ -69,22 +70,6 @@ def norm_ratio(id_norms: torch.Tensor, jigsaw_norms: torch.Tensor) -> float:
                         f"got {tuple(id_norms.shape)} and {tuple(jigsaw_norms.shape)}")
     ratios = id_norms.double() / jigsaw_norms.double().clamp_min(NORM_EPS)
     return float(ratios.mean())
-
-
-def _auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
-    """AUROC = P(score_pos > score_neg) + 1/2 P(equal), via the Mann-Whitney U statistic.
-
-    U = sum of the (average, tie-aware) ranks of the positives - n_pos (n_pos + 1) / 2,
-    AUROC = U / (n_pos n_neg).
-    """
-    n_pos, n_neg = positive.numel(), negative.numel()
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    scores = np.concatenate([positive.double().cpu().numpy(), negative.double().cpu().numpy()])
-    from scipy.stats import rankdata  # imported here: scipy.stats adds ~0.6 s to every start
-
-    ranks = rankdata(scores, method="average")
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -156,7 +141,7 @@ def summarize_blocks(norms: BlockNorms, blocks: Sequence[str]) -> list[dict[str,
         id_norms = norms.id[name]
         per_kind = {kind: {"norm_ratio": norm_ratio(id_norms, values[name]),
                            "norm_mean": float(values[name].double().mean()),
-                           "auroc": _auroc(id_norms, values[name])} for kind, values in norms.pseudo.items()}
+                           "auroc": auroc(id_norms.double().numpy(), values[name].double().numpy())} for kind, values in norms.pseudo.items()}
         row: dict[str, Any] = {"index": index, "name": name, "shape": list(norms.shapes[name])}
         if JIGSAW in per_kind:
             row["norm_ratio"] = per_kind[JIGSAW]["norm_ratio"]

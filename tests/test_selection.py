@@ -10,7 +10,8 @@ from featurenorm.errors import UserError
 from featurenorm.features import block_feature_norms
 from featurenorm.models import build_model
 from featurenorm.data.pseudo_ood import kind_generator, make_pseudo_ood
-from featurenorm.selection import (BlockNorms, _auroc, average_auroc_ranks, choose_block, collect_block_norms,
+from featurenorm.metrics import auroc as _auroc  # the one AUROC, also behind every block row
+from featurenorm.selection import (BlockNorms, average_auroc_ranks, choose_block, collect_block_norms,
                                    format_block_table, norm_ratio, select_block, selection_warnings, summarize_blocks)
 
 

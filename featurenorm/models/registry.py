@@ -26,6 +26,20 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return wrap
 
 
+Builder = Callable[..., nn.Module]
+# family pattern (as users read it) -> resolver: a model name -> its builder, or None if not of the family
+FAMILIES: dict[str, Callable[[str], Builder | None]] = {}
+
+
+def register_family(pattern: str) -> Callable[[Callable[[str], Builder | None]], Callable[[str], Builder | None]]:
+    """Decorator: register a resolver for a family of names, e.g. ``wrn{depth}_{widen}``; the family's module
+    does this, so that the registry imports none of them."""
+    def wrap(resolver: Callable[[str], Builder | None]) -> Callable[[str], Builder | None]:
+        FAMILIES[pattern] = resolver
+        return resolver
+    return wrap
+
+
 def model_names() -> list[str]:
     """The registered names; any timm model is also available as ``timm/<name>``, and any torchvision
     classification model as ``torchvision/<name>``."""
@@ -33,30 +47,22 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, num_classes: int, **options) -> nn.Module:
-    """Build a model by name. ``wrn{depth}_{widen}``, ``timm/<name>`` and ``torchvision/<name>`` are parsed on the fly.
+    """Build a model by name: a registered one, or one of a family (``wrn{depth}_{widen}``, ``timm/<name>``,
+    ``torchvision/<name>``), which the family's module resolves.
 
     ``options``: ``width``, ``pretrained``; for torchvision models also ``weights`` and ``download``
     (see :func:`featurenorm.models.torchvision_models.build_torchvision`).
     """
-    from .torchvision_models import PREFIX, build_torchvision
-
-    if name.startswith(PREFIX):
-        return build_torchvision(name[len(PREFIX):], num_classes, **options)
-    if name.startswith("timm/"):
-        from .timm_models import build_timm
-        return build_timm(name[len("timm/"):], num_classes, **options)
     if name in MODELS:
         return MODELS[name](num_classes, **options)
-    from .wrn import parse_wrn_name
-    wrn = parse_wrn_name(name)
-    if wrn is not None:
-        from .wrn import WideResNet
-        depth, widen = wrn
-        return WideResNet(depth, widen, num_classes, **options)
+    for resolve in FAMILIES.values():
+        builder = resolve(name)
+        if builder is not None:
+            return builder(num_classes, **options)
     close = difflib.get_close_matches(name, model_names(), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise UserError(f"unknown architecture '{name}'{hint}; available: {', '.join(model_names())}, "
-                    "wrn{depth}_{widen}, timm/<name>, torchvision/<name>")
+                    f"{', '.join(FAMILIES)}")
 
 
 def block_names(model: nn.Module) -> list[str]:

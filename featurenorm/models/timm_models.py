@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .registry import Builder, register_family
 
 
 def stage_blocks(net: nn.Module) -> list[str]:
@@ -68,3 +69,10 @@ def build_timm(name: str, num_classes: int, pretrained: bool = False, width: flo
             raise UserError(f"unknown timm model '{name}'; list them with python -c 'import timm; print(timm.list_models())'") from None
         raise
     return TimmClassifier(net)
+
+
+@register_family("timm/<name>")
+def _timm_family(name: str) -> Builder | None:
+    if not name.startswith("timm/"):
+        return None
+    return lambda num_classes, **options: build_timm(name[len("timm/"):], num_classes, **options)

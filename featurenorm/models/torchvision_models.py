@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import torch.nn as nn
 
 from ..errors import UserError
+from .registry import Builder, register_family
 
 PREFIX = "torchvision/"
 
@@ -136,3 +137,10 @@ def build_torchvision(name: str, num_classes: int | None = None, pretrained: boo
             raise UserError(f"the download of {path.name} is corrupt ({err}); delete {path} and retry") from None
         raise UserError(f"'{path}' could not be loaded ({str(err).splitlines()[0]}); delete it and download "
                         f"it again from {member.url}") from None
+
+
+@register_family("torchvision/<name>")
+def _torchvision_family(name: str) -> Builder | None:
+    if not name.startswith(PREFIX):
+        return None
+    return lambda num_classes, **options: build_torchvision(name[len(PREFIX):], num_classes, **options)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .registry import register_model, scaled
+from .registry import Builder, register_family, register_model, scaled
 
 
 def parse_wrn_name(name: str) -> tuple[int, int] | None:
@@ -78,3 +78,12 @@ class WideResNet(nn.Module):
 @register_model("wrn28_10")
 def wrn28_10(num_classes: int = 10, width: float = 1.0, **options) -> WideResNet:
     return WideResNet(28, 10, num_classes, width, **options)
+
+
+@register_family("wrn{depth}_{widen}")
+def _wide_resnet_family(name: str) -> Builder | None:
+    parsed = parse_wrn_name(name)
+    if parsed is None:
+        return None
+    depth, widen = parsed
+    return lambda num_classes, **options: WideResNet(depth, widen, num_classes, **options)
