@@ -339,3 +339,57 @@ def test_in_memory_images_get_the_same_resize_and_center_crop_as_folders():
     expected = TF.center_crop(TF.resize(normalized, 36, antialias=True), [32, 32])
     assert batches.shape == (3, 3, 32, 32)
     torch.testing.assert_close(batches, expected, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ OpenOOD v1.5 ImageNet
+OPENOOD_SETS = {"near": ("ssb_hard", "ninco"), "far": ("inaturalist", "textures", "openimage_o")}
+
+
+def write_openood_imagenet(root: Path) -> Path:
+    """OpenOOD's ImageNet layout: lists under benchmark_imglist/imagenet/, images under images_largescale/
+    (Textures under images_classic/); one listed NINCO file is missing."""
+    lists = root / "benchmark_imglist" / "imagenet"
+    lists.mkdir(parents=True)
+    for split, count in (("train", 4), ("test", 2)):
+        lines = []
+        for c, wnid in enumerate(WNIDS):
+            write_jpegs(root / "images_largescale" / "imagenet_1k" / split / wnid, count, seed=10 * c + count)
+            lines += [f"imagenet_1k/{split}/{wnid}/{p.name} {c}"
+                      for p in sorted_images(root / "images_largescale" / "imagenet_1k" / split / wnid)]
+        (lists / f"{split}_imagenet.txt").write_text("\n".join(lines) + "\n")
+    for o, name in enumerate(OPENOOD_SETS["near"] + OPENOOD_SETS["far"]):
+        base = root / ("images_classic" if name == "textures" else "images_largescale") / name
+        write_jpegs(base, 3, seed=500 + o, suffix=".jpg")
+        lines = [f"{name}/{p.name} -1" for p in sorted_images(base)]
+        if name == "ninco":
+            lines.append(f"{name}/missing.jpg -1")
+        (lists / f"test_{name}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_openood_imagenet_benchmark_groups_and_scores_equal_a_forward_pass_by_hand(tmp_path, capsys,
+                                                                                   one_torch_thread):
+    root = write_openood_imagenet(tmp_path / "openood")
+    config = imagenet_config(tmp_path / "c.json", "torchvision/resnet18", {}, tmp_path / "run",
+                             id_dataset="imagenet", benchmark="openood_v1.5", openood_root=str(root))
+    common = ["--config", str(config), "--checkpoint", "none", "--no-progress"]
+    assert run_cli(select_main, common) == 0, capsys.readouterr().err
+    assert run_cli(eval_main, [*common, "--methods", "featurenorm,msp", "--save-scores"]) == 0, \
+        capsys.readouterr().err
+    results = json.loads((tmp_path / "run" / "ood_results.json").read_text())
+    scores = np.load(tmp_path / "run" / "scores.npz")
+    block = results["block"]["name"]
+    assert results["groups"] == {"near": ["ssb_hard", "ninco"], "far": ["inaturalist", "textures", "openimage_o"]}
+    assert results["unreadable"]["ninco"] == 1 and results["num_id"] == 6
+    model, weights = untrained("resnet18")
+    test = sorted(p for wnid in WNIDS for p in sorted_images(root / "images_largescale" / "imagenet_1k" / "test" / wnid))
+    places = {name: root / ("images_classic" if name == "textures" else "images_largescale") / name
+              for names in OPENOOD_SETS.values() for name in names}
+    for name, paths in [("id", test)] + [(name, sorted_images(folder)) for name, folder in places.items()]:
+        out = forward_by_hand(model, preprocess(paths, weights), block)
+        np.testing.assert_allclose(scores[f"featurenorm.{name}"], out["featurenorm"].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores[f"msp.{name}"], out["logits"].softmax(1).max(1).values.numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    per_set = results["methods"]["featurenorm"]
+    for group, members in OPENOOD_SETS.items():
+        assert per_set[group]["auroc"] == pytest.approx(np.mean([per_set[m]["auroc"] for m in members]))

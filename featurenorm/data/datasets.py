@@ -36,7 +36,7 @@ DATASET_NAMES = ("cifar10", "cifar100", "digits", "imagefolder", "imagenet")
 # The test split's folder of each folder dataset.
 TEST_FOLDERS = {"imagefolder": "test", "imagenet": "val"}
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000}
 # Seeded subsamples of the training set for data sets too large to pass whole (ImageNet-1K has 1,281,167
 # training images): ``selection`` images for select_block.py (about 10 per class), ``fit`` images for the
 # methods that fit statistics (1%, the KNN paper's ImageNet setting: Sun et al., ICML 2022).
@@ -79,7 +79,7 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
         return cfg.dataset, root
     if name == "digits":
         return "digits", Path(cfg.data_root)
-    if name in ("cifar10", "cifar100"):
+    if name in ("cifar10", "cifar100", "imagenet"):  # by name: under data_root (or from a benchmark's lists)
         return name, Path(cfg.data_root) / name
     root = Path(name)
     for kind, sub in CIFAR_FOLDERS.items():
