@@ -100,7 +100,8 @@ def select_main(argv: Sequence[str]) -> int:
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .selection import format_block_table, run_selection  # imports torch: after the config check
+    from .report import format_block_table
+    from .selection import run_selection  # imports torch: after the config check
 
     from .features import BlockError
 

@@ -6,8 +6,9 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from .block_norms import model_device
 from .features import block_feature_norms
-from .selection import BlockSelection, model_device, select_block
+from .selection import BlockSelection, select_block
 
 
 class FeatureNormDetector:

@@ -29,8 +29,8 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
     from .checkpoint import read_checkpoint
     from .engine import train
     from .evaluation import run_evaluation
-    from .report import per_block_text, results_table
-    from .selection import format_block_table, run_selection
+    from .report import format_block_table, per_block_text, results_table
+    from .selection import run_selection
 
     cfg: Config = load_config(config, overrides)
     save_dir = cfg.save_dir

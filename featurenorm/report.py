@@ -1,4 +1,4 @@
-"""Turn OOD results and block-selection rows into tables, text and plots.
+"""Turn OOD results and block-selection rows into tables and text (the figures: :mod:`featurenorm.plots`).
 
 Every file is written atomically (``featurenorm.io``): a failed write leaves an
 existing target untouched. Metrics in the results dict are fractions in [0, 1];
@@ -19,10 +19,9 @@ from __future__ import annotations
 import csv
 import io as _stringio
 import json
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,16 +29,6 @@ from featurenorm.errors import UserError
 from featurenorm.io import atomic_path, write_text
 from featurenorm.results import (AVERAGE, DEFAULT_TABLE_METRICS, METRIC_LABELS, methods_of, group_names,
                                  ood_set_names, to_percent)
-
-if TYPE_CHECKING:  # pyplot is imported lazily so that importing this module stays cheap
-    from matplotlib.figure import Figure
-
-DPI = 120
-ID_COLOR = "tab:blue"
-OOD_COLOR = "tab:orange"
-BAR_COLOR = "tab:gray"
-SELECTED_COLOR = "tab:red"
-
 
 
 # ---------------------------------------------------------------------------
@@ -281,303 +270,58 @@ def write_scores_npz(scores: dict[str, np.ndarray], path: str | os.PathLike) -> 
 
 
 # ---------------------------------------------------------------------------
-# Plots
+# Block selection
 # ---------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
+def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] | int | None = None) -> str:
+    """A fixed-width text table of the block summary, the selected row marked with ``*``.
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig: "Figure", path: str | os.PathLike) -> Path:
-    """Save ``fig`` atomically at ``DPI`` and close it (also on failure).
-
-    The format follows the suffix (PNG when there is none).
+    Args:
+        rows: from :func:`featurenorm.selection.summarize_blocks`.
+        selected: from :func:`featurenorm.selection.choose_block` (or its index); None marks nothing.
     """
-    plt = _pyplot()
-    path = Path(path)
-    image_format = path.suffix.lstrip(".").lower() or "png"
-    try:
-        fig.tight_layout()
-        with atomic_path(path, suffix=f".{image_format}") as tmp:
-            fig.savefig(tmp, dpi=DPI, format=image_format)
-    finally:
-        plt.close(fig)
-    return path
-
-
-def bar_figure_size(num_blocks: int, panels: int = 1) -> tuple[float, float]:
-    """Figure size (inches) of the per-block charts: wider with more blocks, 4.5 inches per panel, and
-    2.5 inches more for the legend beside the per-kind panel when there are two."""
-    return (max(6.0, 0.55 * num_blocks + 2.5) + (2.5 if panels > 1 else 0.0), 4.5 * panels)
-
-
-def _kind_figures(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
-    """``{kind: (num_blocks,) float}`` of one per-kind figure (``norm_ratio`` or ``auroc``); NaN where missing."""
     from featurenorm.selection import row_kinds
 
+    selected_index = selected["index"] if isinstance(selected, dict) else selected
+    header = [" ", "index", "block", "shape", "id norm", "jigsaw norm", "NormRatio", "AUROC"]
+    body = [["*" if row["index"] == selected_index else "",
+             str(row["index"]),
+             row["name"],
+             "x".join(str(d) for d in row["shape"]),
+             f"{row['id_norm_mean']:.4f}",
+             f"{row['jigsaw_norm_mean']:.4f}",
+             f"{row['norm_ratio']:.4f}",
+             f"{row['jigsaw_auroc']:.4f}"] for row in rows]
+    widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
+    text_columns = {2, 3}  # left-aligned; numbers are right-aligned
+
+    def render(line: list[str]) -> str:
+        cells = [cell.ljust(width) if col in text_columns else cell.rjust(width)
+                 for col, (cell, width) in enumerate(zip(line, widths))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    table = "\n".join([render(header), rule] + [render(line) for line in body])
     kinds = list(row_kinds(rows[0])) if rows else []
-    return {kind: np.array([np.nan if row_kinds(row).get(kind, {}).get(key) is None
-                            else float(row_kinds(row)[kind][key]) for row in rows]) for kind in kinds}
+    if len(kinds) < 2:
+        return table
+    return table + "\n\nper pseudo-OOD kind: NormRatio / AUROC of ID vs. that kind; mean rank by AUROC over the kinds\n" \
+        + _kind_table(rows, selected_index, kinds)
 
 
-KIND_MARKERS = "os^vDPX*"
+def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
+    from featurenorm.selection import average_auroc_ranks, row_kinds
 
+    ranks = average_auroc_ranks(rows)
+    header = [" ", "index", "block"] + list(kinds) + ["mean rank"]
+    body = [["*" if row["index"] == selected_index else "", str(row["index"]), row["name"]]
+            + [f"{row_kinds(row)[kind]['norm_ratio']:.3f} / {row_kinds(row)[kind]['auroc']:.3f}" for kind in kinds]
+            + [f"{rank:.2f}"] for row, rank in zip(rows, ranks)]
+    widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
 
-def _kind_offset(position: int, count: int) -> float:
-    """A small horizontal shift per kind, so that kinds with equal values stay visible side by side."""
-    return 0.1 * (position - (count - 1) / 2)
+    def render(line: list[str]) -> str:
+        return "  ".join(cell.ljust(width) if col == 2 else cell.rjust(width)
+                         for col, (cell, width) in enumerate(zip(line, widths))).rstrip()
 
-
-def _legend_outside(ax) -> None:
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0.0)
-
-
-def _descending_ranks(values: np.ndarray) -> np.ndarray:
-    """Rank 1 = largest; ties share the average rank; NaN ranks last."""
-    from scipy.stats import rankdata
-
-    return rankdata(-np.where(np.isnan(values), -np.inf, values), method="average")
-
-
-def hist_grid_shape(num_sets: int, max_cols: int = 3) -> tuple[int, int]:
-    """(rows, cols) of the histogram grid: at most ``max_cols`` subplots per row, at least one cell."""
-    num_sets = max(num_sets, 1)
-    cols = min(num_sets, max_cols)
-    return math.ceil(num_sets / cols), cols
-
-
-def hist_figure_size(num_sets: int) -> tuple[float, float]:
-    """Figure size (inches) of the histogram grid: 4 x 3.2 inches per subplot."""
-    rows, cols = hist_grid_shape(num_sets)
-    return (4.0 * cols, 3.2 * rows + 0.6)
-
-
-def _block_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], np.ndarray]:
-    if not rows:
-        raise UserError("no block rows to plot; pass the 'blocks' list of block_selection.json")
-    names = [str(row["name"]) for row in rows]
-    ratios = np.array([np.nan if row.get("norm_ratio") is None else float(row["norm_ratio"]) for row in rows])
-    return names, ratios
-
-
-def _selected_position(names: Sequence[str], selected: Mapping[str, Any] | None) -> int | None:
-    """Position of the selected block among ``names``, by name first, then by index."""
-    if not selected:
-        return None
-    if selected.get("name") in names:
-        return names.index(selected["name"])
-    index = selected.get("index")
-    return int(index) if index is not None and 0 <= int(index) < len(names) else None
-
-
-def _draw_norm_ratio_bars(ax, names: Sequence[str], ratios: np.ndarray, selected_at: int | None) -> None:
-    positions = np.arange(len(names))
-    colors = [SELECTED_COLOR if i == selected_at else BAR_COLOR for i in range(len(names))]
-    ax.bar(positions, ratios, color=colors, width=0.7)
-    ax.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="NormRatio = 1")
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=45, ha="right")
-    ax.set_xlabel("block")
-    ax.set_ylabel("NormRatio (ID / jigsaw FeatureNorm)")
-    if selected_at is not None and np.isfinite(ratios[selected_at]):
-        ax.annotate(f"{ratios[selected_at]:.3f}", (selected_at, ratios[selected_at]),
-                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
-                    color=SELECTED_COLOR, fontweight="bold")
-    finite = ratios[np.isfinite(ratios)]
-    top = max(float(finite.max()) if finite.size else 1.0, 1.0)
-    ax.set_ylim(0.0, top * 1.3)  # headroom for the annotation and the legend above the bars
-
-
-def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.PathLike, title: str = "") -> Path:
-    """Bar chart of NormRatio per block, the selected block highlighted and annotated.
-
-    NormRatio = (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)) at a block, the per-image ratio of the
-    FeatureNorm of an ID image to that of its own jigsaw puzzle, averaged (Yu et al., CVPR
-    2023; see :func:`featurenorm.selection.norm_ratio`); the block with the largest ratio is
-    selected. A dashed line marks 1.0. When the rows hold several pseudo-OOD kinds, a second
-    panel draws each kind's ID-vs-kind AUROC per block (its NormRatio range in the legend).
-
-    Args:
-        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio`` (and ``pseudo_ood``).
-        selected: ``{"index": int, "name": str}`` or None.
-        path: PNG file to write.
-        title: figure title; the default names the selected block.
-
-    Returns:
-        ``Path(path)``.
-    """
-    plt = _pyplot()
-    names, ratios = _block_rows(rows)
-    selected_at = _selected_position(names, selected)
-    aurocs = _kind_figures(rows, "auroc")
-    panels = 2 if len(aurocs) > 1 else 1
-    fig, axes = plt.subplots(panels, 1, figsize=bar_figure_size(len(names), panels), squeeze=False)
-    ax = axes[0, 0]
-    _draw_norm_ratio_bars(ax, names, ratios, selected_at)
-    label = f"; selected: {names[selected_at]}" if selected_at is not None else ""
-    ax.set_title(title or f"NormRatio per block{label}")
-    ax.legend(loc="best")
-    if panels == 2:
-        _draw_kind_aurocs(axes[1, 0], names, aurocs, _kind_figures(rows, "norm_ratio"), selected_at)
-    return _save_figure(fig, path)
-
-
-def _draw_kind_aurocs(ax, names: Sequence[str], aurocs: Mapping[str, np.ndarray],
-                      ratios: Mapping[str, np.ndarray], selected_at: int | None) -> None:
-    """One line per pseudo-OOD kind: the ID-vs-kind AUROC at each block, its NormRatio in the legend's range."""
-    from featurenorm.selection import WEAK_AUROC
-
-    positions = np.arange(len(names))
-    for number, (kind, values) in enumerate(aurocs.items()):
-        finite = ratios[kind][np.isfinite(ratios[kind])]
-        span = f"\nNormRatio {finite.min():.2f}-{finite.max():.2f}" if finite.size else ""
-        ax.plot(positions + _kind_offset(number, len(aurocs)), values, marker=KIND_MARKERS[number % len(KIND_MARKERS)],
-                linewidth=2.5 if kind == "jigsaw" else 1.5, label=f"{kind}{span}")
-    ax.axhline(0.5, color="black", linestyle=":", linewidth=1.0, label="chance (0.5)")
-    ax.axhline(WEAK_AUROC, color="gray", linestyle="--", linewidth=1.0, label=f"weak evidence ({WEAK_AUROC})")
-    if selected_at is not None:
-        ax.axvline(selected_at, color=SELECTED_COLOR, linewidth=1.0, alpha=0.6)
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=45, ha="right")
-    ax.set_xlabel("block")
-    ax.set_ylabel("AUROC, ID vs. pseudo-OOD kind")
-    ax.set_ylim(0.0, 1.05)
-    ax.set_title("AUROC of ID vs. each pseudo-OOD kind, by FeatureNorm")
-    _legend_outside(ax)
-
-
-def _finite(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64).ravel()
-    return values[np.isfinite(values)]
-
-
-def shared_bin_edges(arrays: Sequence[np.ndarray], bins: int = 60) -> np.ndarray:
-    """Common histogram bin edges over the finite values of all ``arrays``: (bins + 1,) float."""
-    values = np.concatenate([_finite(a) for a in arrays]) if arrays else np.empty(0)
-    if values.size == 0:
-        return np.linspace(0.0, 1.0, bins + 1)
-    low, high = float(values.min()), float(values.max())
-    if low == high:  # a constant input still needs a bin of non-zero width
-        low, high = low - 0.5, high + 0.5
-    return np.linspace(low, high, bins + 1)
-
-
-def plot_feature_norm_hist(id_norms: np.ndarray, ood_norms: dict[str, np.ndarray], block: str,
-                           path: str | os.PathLike) -> Path:
-    """Density histograms of FeatureNorm, ID against each OOD set (cf. Fig. 1 of Yu et al.).
-
-    One subplot per OOD set on a grid of at most 3 columns; each overlays the ID and
-    that set's norms on bins shared within the subplot. Non-finite values are dropped.
-
-    Args:
-        id_norms: (N_id,) float, FeatureNorm of ID samples at ``block``.
-        ood_norms: set name -> (N_set,) float FeatureNorm.
-        block: block name, for the title.
-        path: PNG file to write.
-
-    Returns:
-        ``Path(path)``.
-    """
-    plt = _pyplot()
-    id_values = _finite(id_norms)
-    sets = list(ood_norms.items())
-    rows, cols = hist_grid_shape(len(sets))
-    fig, axes = plt.subplots(rows, cols, figsize=hist_figure_size(len(sets)), squeeze=False)
-    flat_axes = axes.ravel()
-    # Without OOD sets the single cell shows ID alone rather than failing.
-    panels = sets or [("", np.empty(0))]
-    for ax, (set_name, norms) in zip(flat_axes, panels):
-        ood_values = _finite(norms)
-        edges = shared_bin_edges([id_values, ood_values])
-        ax.hist(id_values, bins=edges, density=True, histtype="stepfilled", alpha=0.5,
-                color=ID_COLOR, label=f"ID (n={id_values.size})")
-        if set_name:
-            ax.hist(ood_values, bins=edges, density=True, histtype="stepfilled", alpha=0.5,
-                    color=OOD_COLOR, label=f"{set_name} (n={ood_values.size})")
-        ax.set_title(f"ID vs {set_name}" if set_name else "ID")
-        ax.set_xlabel("FeatureNorm")
-        ax.set_ylabel("density")
-        ax.legend(fontsize="small")
-    for ax in flat_axes[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(f"FeatureNorm at block {block}")
-    return _save_figure(fig, path)
-
-
-def _per_block_auroc_percent(names: Sequence[str], per_block: Mapping[str, Any]) -> np.ndarray:
-    """Average AUROC in percent per block name; NaN where a block has no result."""
-    values = []
-    for name in names:
-        percent = to_percent(((per_block.get(name) or {}).get(AVERAGE) or {}).get("auroc"))
-        values.append(np.nan if percent is None else percent)
-    return np.array(values, dtype=np.float64)
-
-
-def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.PathLike,
-                             selected: dict | None = None) -> Path:
-    """NormRatio per block (bars, left axis) beside the block's average OOD AUROC (line, right axis), and
-    below, the blocks' ranking by the real average AUROC beside their ranking by each pseudo-OOD kind.
-
-    Shows whether the NormRatio choice, and each kind's evidence, agrees with the block that is
-    best on the real OOD sets (cf. the block-wise analysis of Yu et al., CVPR 2023).
-
-    Args:
-        rows: ``block_selection.json["blocks"]``: dicts with ``name``, ``norm_ratio`` and ``pseudo_ood``.
-        per_block: ``ood_results.json["per_block"]``: block name -> {set: metrics, "average": metrics}.
-        path: PNG file to write.
-        selected: ``{"index": int, "name": str}`` to highlight, or None.
-
-    Returns:
-        ``Path(path)``.
-    """
-    plt = _pyplot()
-    names, ratios = _block_rows(rows)
-    aurocs = _per_block_auroc_percent(names, per_block)
-    selected_at = _selected_position(names, selected)
-
-    fig, (ax_ratio, ax_rank) = plt.subplots(2, 1, figsize=bar_figure_size(len(names), 2))
-    _draw_norm_ratio_bars(ax_ratio, names, ratios, selected_at)
-    ax_auroc = ax_ratio.twinx()
-    ax_auroc.plot(np.arange(len(names)), aurocs, color=ID_COLOR, marker="o", label="average AUROC")
-    ax_auroc.set_ylabel("average OOD AUROC (%)", color=ID_COLOR)
-    ax_auroc.tick_params(axis="y", colors=ID_COLOR)
-    finite = aurocs[np.isfinite(aurocs)]
-    if finite.size:
-        ax_auroc.set_ylim(max(0.0, float(finite.min()) - 5.0), min(100.0, float(finite.max()) + 5.0))
-
-    handles, labels = ax_ratio.get_legend_handles_labels()
-    more_handles, more_labels = ax_auroc.get_legend_handles_labels()
-    # On the twin axis, "best" keeps the legend off the AUROC line; the bars' headroom keeps it off them.
-    ax_auroc.legend(handles + more_handles, labels + more_labels, loc="best")
-    label = f"; selected: {names[selected_at]}" if selected_at is not None else ""
-    ax_ratio.set_title(f"NormRatio vs. per-block OOD AUROC{label}")
-    _draw_rankings(ax_rank, names, aurocs, _kind_figures(rows, "auroc"), selected_at)
-    return _save_figure(fig, path)
-
-
-def _draw_rankings(ax, names: Sequence[str], real_auroc: np.ndarray, kind_aurocs: Mapping[str, np.ndarray],
-                   selected_at: int | None) -> None:
-    """Rank of each block (1 = best) by the real OOD AUROC, and by each pseudo-OOD kind's AUROC."""
-    positions = np.arange(len(names))
-    ax.plot(positions, _descending_ranks(real_auroc), color="black", marker="s", linewidth=3.0,
-            label="real OOD sets\n(average AUROC)")
-    for number, (kind, values) in enumerate(kind_aurocs.items()):
-        if np.isfinite(values).any():
-            ax.plot(positions + _kind_offset(number, len(kind_aurocs)), _descending_ranks(values),
-                    marker=KIND_MARKERS[number % len(KIND_MARKERS)], linewidth=1.3, alpha=0.85,
-                    label=f"{kind}\n(ID vs. {kind} AUROC)")
-    if selected_at is not None:
-        ax.axvline(selected_at, color=SELECTED_COLOR, linewidth=1.0, alpha=0.6, label="selected block")
-    ax.set_xticks(positions)
-    ax.set_xticklabels(names, rotation=45, ha="right")
-    ax.set_yticks(np.arange(1, len(names) + 1))
-    ax.set_ylim(len(names) + 0.5, 0.5)  # rank 1 on top
-    ax.set_xlabel("block")
-    ax.set_ylabel("rank of the block (1 = best)")
-    ax.set_title("Ranking of the blocks: real OOD sets vs. pseudo-OOD kinds")
-    _legend_outside(ax)
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([render(header), rule] + [render(line) for line in body])

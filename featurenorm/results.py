@@ -1,4 +1,5 @@
-"""The schema of ``ood_results.json``, in one place: its key names, its metric convention and its units.
+"""The schema of ``ood_results.json``, in one place: its key names, its metric convention, its units, and
+:func:`assemble_results`, which builds it from the per-image scores.
 
 Metrics are fractions in [0, 1]. Per method, the results hold one entry per OOD set, ``average`` (the
 mean over the sets) and, for a grouped benchmark such as OpenOOD v1.5, one entry per group (``near``,
@@ -7,9 +8,14 @@ mean over the sets) and, for a grouped benchmark such as OpenOOD v1.5, one entry
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import UserError
+from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
+
+if TYPE_CHECKING:  # torch stays out of this module, which the tables and the comparisons import
+    from .scoring import DatasetScores
 
 AVERAGE = "average"
 CONVENTION = ("ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance; fpr95_openood = OpenOOD's "
@@ -54,3 +60,80 @@ def ood_set_names(results: Mapping[str, Any]) -> list[str]:
             if name not in excluded and name not in names:
                 names.append(name)
     return names
+
+
+@dataclass
+class ResultsMeta:
+    """The provenance fields of ``ood_results.json``."""
+
+    arch: str | None
+    block: dict[str, Any] | None
+    hyperparameters: dict[str, Any]
+    fit: dict[str, str]
+    id_dataset: str | None = None
+    checkpoint: str | None = None
+    seed: int | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
+    benchmark: str | None = None
+    groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # e.g. OpenOOD's near and far
+    table_metrics: Sequence[str] = DEFAULT_TABLE_METRICS
+
+
+def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: DatasetScores,
+                     ood_scores: Mapping[str, DatasetScores], *, with_logits: bool, all_blocks: bool) -> dict[str, Any]:
+    """The ``ood_results.json`` dict: metrics per method and OOD set (plus ``average``), and provenance."""
+    methods: dict[str, Any] = {}
+    for name in names:
+        per_set = {}
+        for set_name, result in ood_scores.items():
+            metrics = ood_metrics(id_scores.scores[name].numpy(), result.scores[name].numpy())
+            per_set[set_name] = {**metrics, "num_ood": int(result.scores[name].numel())}
+        per_set[AVERAGE] = average_metrics({k: {m: v[m] for m in METRIC_KEYS}
+                                              for k, v in per_set.items()})
+        per_set.update(group_averages(per_set, meta.groups))
+        methods[name] = per_set
+    # without logits (FeatureNorm alone, early exit) there is no accuracy to report
+    accuracy = id_scores.correct / id_scores.labelled if with_logits and id_scores.labelled else None
+    num_id = id_scores.count
+    results: dict[str, Any] = {
+        "id_dataset": meta.id_dataset, "arch": meta.arch, "id_accuracy": accuracy, "num_id": num_id,
+        "checkpoint": meta.checkpoint, "seed": meta.seed, "block": meta.block, "convention": CONVENTION,
+        "skipped": meta.skipped, "unreadable": meta.unreadable, "benchmark": meta.benchmark,
+        "table_metrics": list(meta.table_metrics),
+        "groups": {g: [s for s in members if s in ood_scores] for g, members in meta.groups.items()},
+        "hyperparameters": meta.hyperparameters,
+        "fit": meta.fit, "methods": methods,
+    }
+    if all_blocks:
+        per_block = {}
+        for block in id_scores.block_norms:
+            per_set = {s: ood_metrics(id_scores.block_norms[block].numpy(), r.block_norms[block].numpy())
+                       for s, r in ood_scores.items()}
+            per_set[AVERAGE] = average_metrics(per_set)
+            per_set.update(group_averages(per_set, meta.groups))
+            per_block[block] = per_set
+        results["per_block"] = per_block
+        if meta.block and meta.block.get("name") in per_block:
+            results["oracle"] = oracle_gap(per_block, meta.block["name"])
+    return results
+
+
+def oracle_gap(per_block: Mapping[str, Mapping[str, Any]], selected: str) -> dict[str, Any]:
+    """How far the selected block falls short of the best block in hindsight, by average OOD AUROC.
+
+    The "oracle" looks at the OOD test sets, which selection never may; the gap says what the
+    selection rule cost on this run. The first block wins ties.
+
+    Args:
+        per_block: ``ood_results.json["per_block"]``: ``{block: {set: metrics, "average": metrics}}``.
+        selected: the block FeatureNorm was scored at (one of ``per_block``).
+
+    Returns:
+        ``{"best_block", "best_auroc", "selected_block", "selected_auroc", "difference"}``, AUROCs as
+        fractions and ``difference = best_auroc - selected_auroc`` (>= 0).
+    """
+    averages = {block: per_set["average"]["auroc"] for block, per_set in per_block.items()}
+    best = max(averages, key=lambda block: averages[block])
+    return {"best_block": best, "best_auroc": averages[best], "selected_block": selected,
+            "selected_auroc": averages[selected], "difference": averages[best] - averages[selected]}

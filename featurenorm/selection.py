@@ -6,8 +6,8 @@ FN(x) / FN(jigsaw(x)); the AUROC of ID vs. puzzles is reported alongside as an a
 criterion. Other kinds of pseudo-OOD made from the same ID images
 (:mod:`featurenorm.data.pseudo_ood`) can be measured beside the jigsaw, each with its NormRatio
 and AUROC at every block, and the ``mean_rank`` criterion combines them. The helpers are pure
-functions (no file IO, no config parsing); :func:`run_selection`, the select_block.py run, loads
-the checkpoint and the data and writes ``block_selection.json`` and ``norm_ratio.png``.
+functions of the FeatureNorms that :mod:`featurenorm.block_norms` collects; :func:`run_selection`,
+the select_block.py run, loads the checkpoint and data, writes ``block_selection.json`` and the plot.
 """
 from __future__ import annotations
 
@@ -20,40 +20,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import CRITERIA, Config
+from .block_norms import JIGSAW, BlockNorms, check_finite_norms, collect_block_norms, collect_sharded_norms
+from .config import CRITERIA
 from .errors import UserError
-from .features import FeatureTap
 from .metrics import auroc
 
 # Keeps NormRatio finite when a block is completely silent on a puzzle (all channels dead);
 # far below any FeatureNorm of a live block, so other ratios are unaffected.
 NORM_EPS = 1e-12
 
-# The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
-JIGSAW = "jigsaw"
 # A best ID-vs-pseudo-OOD AUROC at or below this, at every block, is weak evidence for any choice.
 WEAK_AUROC = 0.6
-
-
-@dataclass
-class BlockNorms:
-    """Per-image FeatureNorms of each block, for ID images and for their pseudo-OOD images (paired by index).
-
-    Attributes:
-        id: ``{block: (N,) float32}`` on CPU.
-        pseudo: ``{kind: {block: (N,) float32}}`` on CPU, kinds in the order measured; entry i of a
-            kind was made from ID image i (e.g. ``pseudo["jigsaw"]``: the puzzles).
-        shapes: ``{block: per-image output shape}``, e.g. ``(64, 32, 32)``.
-    """
-
-    id: dict[str, torch.Tensor]
-    pseudo: dict[str, dict[str, torch.Tensor]]
-    shapes: dict[str, tuple[int, ...]]
-
-    @property
-    def jigsaw(self) -> dict[str, torch.Tensor]:
-        """``{block: (N,)}`` FeatureNorms of the jigsaw puzzles."""
-        return self.pseudo[JIGSAW]
 
 
 def norm_ratio(id_norms: torch.Tensor, jigsaw_norms: torch.Tensor) -> float:
@@ -70,60 +47,6 @@ def norm_ratio(id_norms: torch.Tensor, jigsaw_norms: torch.Tensor) -> float:
                         f"got {tuple(id_norms.shape)} and {tuple(jigsaw_norms.shape)}")
     ratios = id_norms.double() / jigsaw_norms.double().clamp_min(NORM_EPS)
     return float(ratios.mean())
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a model without parameters)."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequence[str], grid: int = 3,
-                        generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                        progress: bool = True, *, kinds: Sequence[str] = (JIGSAW,),
-                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> BlockNorms:
-    """FeatureNorm of every block for ID images and their pseudo-OOD images, drawn batch by batch.
-
-    Each batch goes through ONE forward pass over ``cat([x, kind_1(x), kind_2(x), ...])`` that
-    stops after the last block, under inference mode (see :func:`collect_paired_norms`, which
-    this feeds). The model is put in eval mode for the pass (so BatchNorm does not mix ID images
-    with pseudo-OOD ones) and its mode is restored afterwards.
-
-    Args:
-        model: the trained network.
-        batches: image batches (B, C, H, W); ``(images, labels, ...)`` tuples are accepted and
-            their first element is used.
-        blocks: module names to score.
-        grid: jigsaw grid size.
-        generator: seeds the puzzles (see :func:`featurenorm.data.jigsaw.jigsaw`); its initial
-            seed also seeds the other kinds (one generator each, on the device).
-        device: where to run; defaults to the device of the model's parameters.
-        progress: show a tqdm bar.
-        kinds: pseudo-OOD kinds (see :mod:`featurenorm.data.pseudo_ood`).
-        mean, std: the normalization of the images, per channel (default: the config's defaults).
-
-    Returns:
-        BlockNorms with (N,) float32 CPU tensors, N the number of images seen.
-    """
-    from .data.jigsaw import sample_permutations
-
-    device = torch.device(device) if device is not None else model_device(model)
-    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
-
-    def paired() -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-        for batch in batches:
-            images = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(device)
-            height, width = images.shape[-2:]
-            permutations = sample_permutations(images.shape[0], height, width, grid, generator) \
-                if JIGSAW in kinds else None
-            yield images, permutations
-
-    was_training = model.training
-    try:
-        return collect_paired_norms(model, paired(), blocks, grid, progress=progress, kinds=kinds, mean=mean,
-                                    std=std, seed=seed)
-    finally:
-        model.train(was_training)
 
 
 def summarize_blocks(norms: BlockNorms, blocks: Sequence[str]) -> list[dict[str, Any]]:
@@ -254,121 +177,6 @@ def selection_warnings(rows: Sequence[Mapping[str, Any]], criterion: str,
     return notes
 
 
-def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] | int | None = None) -> str:
-    """A fixed-width text table of the block summary, the selected row marked with ``*``.
-
-    Args:
-        rows: from :func:`summarize_blocks`.
-        selected: from :func:`choose_block` (or its index); None marks nothing.
-    """
-    selected_index = selected["index"] if isinstance(selected, dict) else selected
-    header = [" ", "index", "block", "shape", "id norm", "jigsaw norm", "NormRatio", "AUROC"]
-    body = [["*" if row["index"] == selected_index else "",
-             str(row["index"]),
-             row["name"],
-             "x".join(str(d) for d in row["shape"]),
-             f"{row['id_norm_mean']:.4f}",
-             f"{row['jigsaw_norm_mean']:.4f}",
-             f"{row['norm_ratio']:.4f}",
-             f"{row['jigsaw_auroc']:.4f}"] for row in rows]
-    widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
-    text_columns = {2, 3}  # left-aligned; numbers are right-aligned
-
-    def render(line: list[str]) -> str:
-        cells = [cell.ljust(width) if col in text_columns else cell.rjust(width)
-                 for col, (cell, width) in enumerate(zip(line, widths))]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    table = "\n".join([render(header), rule] + [render(line) for line in body])
-    kinds = list(row_kinds(rows[0])) if rows else []
-    if len(kinds) < 2:
-        return table
-    return table + "\n\nper pseudo-OOD kind: NormRatio / AUROC of ID vs. that kind; mean rank by AUROC over the kinds\n" \
-        + _kind_table(rows, selected_index, kinds)
-
-
-def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
-    ranks = average_auroc_ranks(rows)
-    header = [" ", "index", "block"] + list(kinds) + ["mean rank"]
-    body = [["*" if row["index"] == selected_index else "", str(row["index"]), row["name"]]
-            + [f"{row_kinds(row)[kind]['norm_ratio']:.3f} / {row_kinds(row)[kind]['auroc']:.3f}" for kind in kinds]
-            + [f"{rank:.2f}"] for row, rank in zip(rows, ranks)]
-    widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
-
-    def render(line: list[str]) -> str:
-        return "  ".join(cell.ljust(width) if col == 2 else cell.rjust(width)
-                         for col, (cell, width) in enumerate(zip(line, widths))).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([render(header), rule] + [render(line) for line in body])
-
-
-# ------------------------------------------------------------------------------ the select_block run
-def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
-                         blocks: Sequence[str], grid: int, amp: torch.dtype | None = None,
-                         progress: bool = True, *, kinds: Sequence[str] = (JIGSAW,),
-                         mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int = 0,
-                         stream: int = 0) -> BlockNorms:
-    """Like :func:`collect_block_norms`, with each image's puzzle permutation given by the loader.
-
-    Drawing the permutations once for the whole data set (rather than per batch) ties each
-    puzzle to its image, so the jigsaw's result does not depend on batching or on sharding. The
-    other kinds are drawn batch by batch on the device, one generator per kind
-    (:func:`featurenorm.data.pseudo_ood.kind_generator` of ``seed`` and ``stream``), so they are
-    reproducible for a given seed, batch size and number of ranks.
-
-    Args:
-        loader: yields ``(images (B, C, H, W), permutations (B, grid*grid))``; the permutations
-            may be None when the jigsaw is not among ``kinds``.
-        kinds: pseudo-OOD kinds; each batch is one forward pass over ``cat([x] + [kind(x) ...])``.
-        mean, std: the images' normalization per channel (default: the config's defaults).
-        seed, stream: seed the kinds other than the jigsaw; ``stream`` separates torchrun ranks.
-    """
-    from .data.jigsaw import apply_permutation
-    from .data.pseudo_ood import kind_generator, make_pseudo_ood
-    from .runtime import autocast, progress_bar
-
-    kinds = list(kinds)
-    mean = list(mean) if mean is not None else Config().mean
-    std = list(std) if std is not None else Config().std
-    id_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
-    pseudo_parts: dict[str, dict[str, list[torch.Tensor]]] = {kind: {name: [] for name in blocks} for kind in kinds}
-    shapes: dict[str, tuple[int, ...]] = {}
-    generators: dict[str, torch.Generator] = {}
-    model.eval()
-    bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc="block norms", leave=False,
-                       disable=not progress)
-    with torch.inference_mode(), FeatureTap(model, blocks, stop_after_last=True) as tap:
-        for images, permutations in loader:
-            size = images.shape[0]
-            pseudo = []
-            for kind in kinds:
-                if kind == JIGSAW:  # from the per-image table, so that each puzzle stays tied to its image
-                    pseudo.append(images.clone() if grid == 1 else apply_permutation(images, permutations, grid))
-                    continue
-                if kind not in generators:
-                    generators[kind] = kind_generator(seed, kind, images.device, stream)
-                pseudo.append(make_pseudo_ood(kind, images, generators[kind], mean=mean, std=std, grid=grid))
-            with autocast(amp, images.device):
-                tap.run(model, torch.cat([images] + pseudo))
-            # kept on the device: a copy to the CPU per block and batch would stall a GPU every batch
-            for name in tap.blocks:
-                values = tap.values[name].float()
-                id_parts[name].append(values[:size])
-                for position, kind in enumerate(kinds, start=1):
-                    pseudo_parts[kind][name].append(values[position * size:(position + 1) * size])
-            shapes.update(tap.shapes)
-            bar.update(1)
-    bar.close()
-    if not shapes:
-        raise UserError("block selection got no images; check the ID training set")
-    return BlockNorms(id={n: torch.cat(p).cpu() for n, p in id_parts.items()},
-                      pseudo={kind: {n: torch.cat(p).cpu() for n, p in parts.items()}
-                              for kind, parts in pseudo_parts.items()},
-                      shapes={n: shapes[n] for n in blocks})
-
-
 @dataclass
 class BlockSelection:
     """The outcome of block selection: one row per block and the chosen one.
@@ -420,11 +228,11 @@ class BlockSelection:
     def plot(self, path, title: str | None = None):
         """Bar chart of NormRatio per block, the selected one highlighted (with several kinds, also each
         kind's NormRatio and AUROC); returns the path written."""
-        from . import report
+        from . import plots
 
         what = self.arch or "model"
         title = title or f"{what}: NormRatio per block ({self.num_samples} ID images, grid {self.grid})"
-        return report.plot_norm_ratio(self.rows, self.selected, path, title=title)
+        return plots.plot_norm_ratio(self.rows, self.selected, path, title=title)
 
 
 def _emit_warnings(selection: BlockSelection) -> None:
@@ -528,7 +336,7 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     from .data.datasets import load_split, train_subsample_size
     from .data.jigsaw import sample_permutations
     from .models.blocks import candidate_blocks
-    from .data.batches import ImageBatches, gather_in_order
+    from .data.batches import ImageBatches
     from .runtime import amp_dtype, init_distributed, shutdown_distributed
 
     grid = grid if grid is not None else cfg.jigsaw_grid
@@ -560,21 +368,10 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         permutations = sample_permutations(len(chosen), cfg.image_size, cfg.image_size, grid, generator)
         batches = ImageBatches(cfg, device, **_split_source(split), subset=chosen)
         del split  # ImageNet's 1.3M training paths: the loader's workers need only the subsample's
-        positions: list[torch.Tensor] = []
-
-        def paired():  # each image with its own row of the permutation table
-            for images, _, index in batches:
-                positions.append(index)
-                yield images, permutations[index]
-
-        norms = collect_paired_norms(model, _Sized(paired(), len(batches)), blocks, grid, amp_dtype(cfg, device),
-                                     progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
-                                     seed=seed, stream=info.rank)
-        index = torch.cat(positions)
-        norms.id = {n: gather_in_order(v, index) for n, v in norms.id.items()}
-        norms.pseudo = {kind: {n: gather_in_order(v, index) for n, v in per_block.items()}
-                        for kind, per_block in norms.pseudo.items()}
-        _check_finite_norms(norms, weights.description)
+        norms = collect_sharded_norms(model, batches, permutations, blocks, grid, amp_dtype(cfg, device),
+                                      progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
+                                      seed=seed, stream=info.rank)
+        check_finite_norms(norms, weights.description)
         selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=cfg.arch,
                                               checkpoint=weights.description)
         if info.is_main:
@@ -586,31 +383,8 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         shutdown_distributed()
 
 
-def _check_finite_norms(norms: BlockNorms, checkpoint) -> None:
-    """A NaN/inf FeatureNorm means a broken model, not a worse block: stop instead of selecting around it."""
-    for kind, per_block in [("ID", norms.id)] + list(norms.pseudo.items()):
-        for name, values in per_block.items():
-            bad = int((~torch.isfinite(values)).sum())
-            if bad:
-                raise UserError(f"block '{name}' gave {bad} NaN/inf FeatureNorm(s) on the {kind} images; check the "
-                                f"checkpoint '{checkpoint}' (it may have diverged)")
-
-
 def _split_source(split) -> dict[str, Any]:
     """An ID split as :class:`~featurenorm.data.batches.ImageBatches` arguments: tensors, or files."""
     if split.images is not None:
         return {"images": split.images, "labels": split.labels, "name": split.name}
     return {"samples": split.image_samples(), "name": split.name}
-
-
-class _Sized:
-    """An iterator with the length of the batches it comes from (for the progress bar)."""
-
-    def __init__(self, iterator, length: int):
-        self.iterator, self.length = iterator, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self):
-        return self.iterator

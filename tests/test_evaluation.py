@@ -15,10 +15,11 @@ from featurenorm.checkpoint import load_checkpoint, read_checkpoint, save_checkp
 from featurenorm.data.datasets import load_split
 from featurenorm.data.loaders import DeviceLoader
 from featurenorm.errors import UserError
-from featurenorm.evaluation import Scorer, run_evaluation
+from featurenorm.evaluation import run_evaluation
 from featurenorm.features import block_feature_norms
 from featurenorm.methods import build_method
 from featurenorm.metrics import ood_metrics
+from featurenorm.scoring import Scorer
 from featurenorm.selection import run_selection
 
 METHODS = "featurenorm,msp,energy,knn,mahalanobis,odin,energy_blocknorm"

@@ -1,4 +1,4 @@
-"""Tests for featurenorm.report: tables agree with the JSON, files are atomic, plots are real PNGs."""
+"""Tests for featurenorm.report and featurenorm.plots: tables agree with the JSON, files are atomic, PNGs are real."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from featurenorm import report  # noqa: E402
+from featurenorm import plots, report  # noqa: E402
 from featurenorm.errors import UserError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,22 +78,22 @@ def test_ood_set_names_keep_first_appearance_order_and_drop_average(results):
 
 
 def test_hist_grid_shape_and_shared_bins():
-    assert report.hist_grid_shape(1) == (1, 1)
-    assert report.hist_grid_shape(0) == (1, 1)
-    assert report.hist_grid_shape(3) == (1, 3)
-    assert report.hist_grid_shape(4) == (2, 3)
-    assert report.hist_grid_shape(7) == (3, 3)
-    edges = report.shared_bin_edges([np.array([1.0, 2.0, np.nan]), np.array([3.0, np.inf])], bins=4)
+    assert plots.hist_grid_shape(1) == (1, 1)
+    assert plots.hist_grid_shape(0) == (1, 1)
+    assert plots.hist_grid_shape(3) == (1, 3)
+    assert plots.hist_grid_shape(4) == (2, 3)
+    assert plots.hist_grid_shape(7) == (3, 3)
+    edges = plots.shared_bin_edges([np.array([1.0, 2.0, np.nan]), np.array([3.0, np.inf])], bins=4)
     np.testing.assert_allclose(edges, [1.0, 1.5, 2.0, 2.5, 3.0])
-    np.testing.assert_allclose(report.shared_bin_edges([np.array([2.0, 2.0])], bins=2), [1.5, 2.0, 2.5])
+    np.testing.assert_allclose(plots.shared_bin_edges([np.array([2.0, 2.0])], bins=2), [1.5, 2.0, 2.5])
 
 
 def test_selected_position_by_name_then_index():
     names = ["layer1.0", "layer2.0", "layer3.0"]
-    assert report._selected_position(names, {"index": 0, "name": "layer3.0"}) == 2
-    assert report._selected_position(names, {"index": 1, "name": "renamed"}) == 1
-    assert report._selected_position(names, {"index": 9, "name": "renamed"}) is None
-    assert report._selected_position(names, None) is None
+    assert plots._selected_position(names, {"index": 0, "name": "layer3.0"}) == 2
+    assert plots._selected_position(names, {"index": 1, "name": "renamed"}) == 1
+    assert plots._selected_position(names, {"index": 9, "name": "renamed"}) is None
+    assert plots._selected_position(names, None) is None
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_bad_inputs_raise_user_error(results):
     with pytest.raises(UserError, match="methods"):
         report.results_table({"methods": {}})
     with pytest.raises(UserError, match="block rows"):
-        report.plot_norm_ratio([], None, "unused.png")
+        plots.plot_norm_ratio([], None, "unused.png")
 
 
 def test_write_ood_results_round_trips(results, tmp_path):
@@ -274,34 +274,34 @@ def _assert_png(path: Path, figsize: tuple[float, float]) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     image = plt.imread(path)
     width, height = figsize
-    assert image.shape[:2] == (round(height * report.DPI), round(width * report.DPI))
+    assert image.shape[:2] == (round(height * plots.DPI), round(width * plots.DPI))
     assert image.shape[0] > 0 and image.shape[1] > 0
     assert plt.get_fignums() == []  # the figure was closed
 
 
 def test_plot_norm_ratio_writes_png(tmp_path):
-    path = report.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "plots" / "norm_ratio.png", title="t")
+    path = plots.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "plots" / "norm_ratio.png", title="t")
     assert path == tmp_path / "plots" / "norm_ratio.png"
-    _assert_png(path, report.bar_figure_size(4))
+    _assert_png(path, plots.bar_figure_size(4))
 
 
 def test_plot_feature_norm_hist_writes_png(tmp_path):
     rng = np.random.default_rng(0)
     ood = {"svhn": rng.normal(4.0, 1.0, 80), "textures": rng.normal(6.0, 1.0, 50),
            "lsun": rng.normal(5.0, 2.0, 30), "isun": np.array([5.0, np.nan, 6.0])}
-    path = report.plot_feature_norm_hist(rng.normal(8.0, 1.0, 100), ood, "layer4.0", tmp_path / "hist.png")
-    _assert_png(path, report.hist_figure_size(4))
-    path = report.plot_feature_norm_hist(np.array([1.0, 2.0]), {}, "layer4.0", tmp_path / "hist_id_only.png")
-    _assert_png(path, report.hist_figure_size(0))
+    path = plots.plot_feature_norm_hist(rng.normal(8.0, 1.0, 100), ood, "layer4.0", tmp_path / "hist.png")
+    _assert_png(path, plots.hist_figure_size(4))
+    path = plots.plot_feature_norm_hist(np.array([1.0, 2.0]), {}, "layer4.0", tmp_path / "hist_id_only.png")
+    _assert_png(path, plots.hist_figure_size(0))
 
 
 def test_plot_norm_ratio_vs_auroc_writes_png(tmp_path):
     per_block = {row["name"]: {"svhn": _metrics(0.5, 0.6 + 0.1 * i, 0.5, 0.5),
                                "average": _metrics(0.5, 0.6 + 0.1 * i, 0.5, 0.5)}
                  for i, row in enumerate(BLOCK_ROWS[:3])}  # layer4.0 missing: a gap in the line
-    path = report.plot_norm_ratio_vs_auroc(BLOCK_ROWS, per_block, tmp_path / "ratio_auroc.png", selected=SELECTED)
-    _assert_png(path, report.bar_figure_size(4, panels=2))  # NormRatio vs AUROC above, the rankings below
-    np.testing.assert_allclose(report._per_block_auroc_percent([r["name"] for r in BLOCK_ROWS], per_block),
+    path = plots.plot_norm_ratio_vs_auroc(BLOCK_ROWS, per_block, tmp_path / "ratio_auroc.png", selected=SELECTED)
+    _assert_png(path, plots.bar_figure_size(4, panels=2))  # NormRatio vs AUROC above, the rankings below
+    np.testing.assert_allclose(plots._per_block_auroc_percent([r["name"] for r in BLOCK_ROWS], per_block),
                                [60.0, 70.0, 80.0, np.nan])
 
 
@@ -311,21 +311,21 @@ KIND_ROWS = [{**row, "pseudo_ood": {"jigsaw": {"norm_ratio": row["norm_ratio"], 
 
 
 def test_plots_with_several_kinds_show_each_kind(tmp_path):
-    path = report.plot_norm_ratio(KIND_ROWS, SELECTED, tmp_path / "norm_ratio.png")
-    _assert_png(path, report.bar_figure_size(4, panels=2))  # a second panel: each kind's AUROC per block
-    figures = report._kind_figures(KIND_ROWS, "auroc")
+    path = plots.plot_norm_ratio(KIND_ROWS, SELECTED, tmp_path / "norm_ratio.png")
+    _assert_png(path, plots.bar_figure_size(4, panels=2))  # a second panel: each kind's AUROC per block
+    figures = plots._kind_figures(KIND_ROWS, "auroc")
     assert list(figures) == ["jigsaw", "blur"]
     np.testing.assert_array_equal(figures["blur"], [0.95, 0.95, 0.5, np.nan])
     # rank 1 = largest; the tie shares 1.5; a missing value ranks last
-    np.testing.assert_array_equal(report._descending_ranks(figures["blur"]), [1.5, 1.5, 3.0, 4.0])
-    np.testing.assert_array_equal(report._descending_ranks(figures["jigsaw"]), [3.0, 4.0, 1.0, 2.0])
+    np.testing.assert_array_equal(plots._descending_ranks(figures["blur"]), [1.5, 1.5, 3.0, 4.0])
+    np.testing.assert_array_equal(plots._descending_ranks(figures["jigsaw"]), [3.0, 4.0, 1.0, 2.0])
     per_block = {row["name"]: {"average": _metrics(0.5, 0.9 - 0.1 * i, 0.5, 0.5)} for i, row in enumerate(KIND_ROWS)}
-    path = report.plot_norm_ratio_vs_auroc(KIND_ROWS, per_block, tmp_path / "vs.png", selected=SELECTED)
-    _assert_png(path, report.bar_figure_size(4, panels=2))
+    path = plots.plot_norm_ratio_vs_auroc(KIND_ROWS, per_block, tmp_path / "vs.png", selected=SELECTED)
+    _assert_png(path, plots.bar_figure_size(4, panels=2))
 
 
 def test_plot_failure_keeps_existing_png_and_closes_figure(tmp_path, monkeypatch):
-    path = report.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "norm_ratio.png")
+    path = plots.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "norm_ratio.png")
     before = path.read_bytes()
 
     def torn_savefig(self, fname, *args, **kwargs):
@@ -334,7 +334,7 @@ def test_plot_failure_keeps_existing_png_and_closes_figure(tmp_path, monkeypatch
 
     monkeypatch.setattr(Figure, "savefig", torn_savefig)
     with pytest.raises(OSError, match="disk full"):
-        report.plot_norm_ratio(BLOCK_ROWS, None, path)
+        plots.plot_norm_ratio(BLOCK_ROWS, None, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["norm_ratio.png"]
     assert plt.get_fignums() == []

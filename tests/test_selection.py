@@ -5,14 +5,16 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import roc_auc_score
 
+from featurenorm.block_norms import BlockNorms, collect_block_norms
 from featurenorm.data.jigsaw import jigsaw
 from featurenorm.errors import UserError
 from featurenorm.features import block_feature_norms
 from featurenorm.models import build_model
 from featurenorm.data.pseudo_ood import kind_generator, make_pseudo_ood
 from featurenorm.metrics import auroc as _auroc  # the one AUROC, also behind every block row
-from featurenorm.selection import (BlockNorms, average_auroc_ranks, choose_block, collect_block_norms,
-                                   format_block_table, norm_ratio, select_block, selection_warnings, summarize_blocks)
+from featurenorm.report import format_block_table
+from featurenorm.selection import (average_auroc_ranks, choose_block, norm_ratio, select_block, selection_warnings,
+                                   summarize_blocks)
 
 
 def test_norm_ratio_hand_numbers():
