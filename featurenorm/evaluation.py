@@ -23,7 +23,7 @@ from . import plots, report
 from .block_norms import model_device
 from .checkpoint import load_run_model
 from .config import Config
-from .data.batches import ImageBatches
+from .data.batches import ImageBatches, split_batches
 from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
 from .fit_cache import fit_with_cache
@@ -225,13 +225,6 @@ def evaluate(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, It
 
 
 # ------------------------------------------------------------------------------------------ data
-def id_batches(cfg: Config, split, device: torch.device, subset: torch.Tensor | None = None) -> ImageBatches:
-    """In-order batches of an ID split (or of its images ``subset``), this rank's share."""
-    if split.images is not None:
-        return ImageBatches(cfg, device, images=split.images, labels=split.labels, subset=subset, name=split.name)
-    return ImageBatches(cfg, device, samples=split.image_samples(), subset=subset, name=split.name)
-
-
 # ------------------------------------------------------------------------------------------ the run
 def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | None = None, block: str | None = None,
                    ood_specs: Sequence[str] = (), save_scores: bool = False, all_blocks: bool = False,
@@ -254,7 +247,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         ood_loaders = {source.name: open_ood(source, cfg, device) for source in live}
         test_split = load_split(cfg, train=False)
         try:
-            evaluation = evaluate_scores(model, id_batches(cfg, test_split, device), ood_loaders,
+            evaluation = evaluate_scores(model, split_batches(cfg, test_split, device), ood_loaders,
                                          list(built.values()), block=selected["name"] if selected else None,
                                          all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
                                          amp=amp, cfg=cfg, fitted=fit_status, progress=show)
@@ -293,7 +286,7 @@ def _fit_batches(cfg: Config, device: torch.device) -> ImageBatches:
     split = load_split(cfg, train=True)
     count = train_subsample_size(cfg, "fit", len(split))
     subset = None if count is None else seeded_subsample(len(split), count, FIT_SUBSAMPLE_SEED)
-    return id_batches(cfg, split, device, subset)
+    return split_batches(cfg, split, device, subset)
 
 
 def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict[str, str]]:

@@ -336,7 +336,7 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     from .data.datasets import load_split, train_subsample_size
     from .data.jigsaw import sample_permutations
     from .models.blocks import candidate_blocks
-    from .data.batches import ImageBatches
+    from .data.batches import split_batches
     from .runtime import amp_dtype, init_distributed, shutdown_distributed
 
     grid = grid if grid is not None else cfg.jigsaw_grid
@@ -366,7 +366,7 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         if num_samples is not None and num_samples < total:
             chosen = torch.randperm(total, generator=generator)[:num_samples].sort().values
         permutations = sample_permutations(len(chosen), cfg.image_size, cfg.image_size, grid, generator)
-        batches = ImageBatches(cfg, device, **_split_source(split), subset=chosen)
+        batches = split_batches(cfg, split, device, subset=chosen)
         del split  # ImageNet's 1.3M training paths: the loader's workers need only the subsample's
         norms = collect_sharded_norms(model, batches, permutations, blocks, grid, amp_dtype(cfg, device),
                                       progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
@@ -381,10 +381,3 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
         return selection
     finally:
         shutdown_distributed()
-
-
-def _split_source(split) -> dict[str, Any]:
-    """An ID split as :class:`~featurenorm.data.batches.ImageBatches` arguments: tensors, or files."""
-    if split.images is not None:
-        return {"images": split.images, "labels": split.labels, "name": split.name}
-    return {"samples": split.image_samples(), "name": split.name}

@@ -185,3 +185,10 @@ class ImageBatches:
             found = [path for part in parts for path in part]
         position = {path: i for i, (path, _) in enumerate(self.samples or [])}
         return sorted(found, key=lambda path: position.get(path, -1))
+
+
+def split_batches(cfg: Config, split, device: torch.device, subset: torch.Tensor | None = None) -> ImageBatches:
+    """In-order batches of an ID split (or of its images ``subset``), this rank's share."""
+    if split.images is not None:
+        return ImageBatches(cfg, device, images=split.images, labels=split.labels, subset=subset, name=split.name)
+    return ImageBatches(cfg, device, samples=split.image_samples(), subset=subset, name=split.name)
