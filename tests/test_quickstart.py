@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 def quickstart(save_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "scripts/quickstart.py", "--no-progress", "--ood-count", "16", "--set", f"save_path={save_path}",
-         "--set", "epochs=1", "--set", "width=0.0625", "--set", "milestones=[1]", "--set", "device=cpu", *extra],
+         "--set", "epochs=1", "--set", "width=0.0625", "--set", "milestones=[1]", "--set", "device=cpu",
+         "--set", "selection_samples=300", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=600)
 
 

@@ -1,14 +1,15 @@
 """A method registered outside the package, loaded with --plugin, is scored by eval_ood.py like a built-in one."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from featurenorm.cli import eval_main
+from featurenorm.errors import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,19 @@ class TripleGradNorm(Method):
 '''
 
 
-def test_user_input_gradient_method_runs_through_its_own_logits(trained_digits_run, tmp_path):
+@pytest.fixture
+def registry_restored():
+    """Methods a test's plugin registers are removed again afterwards (the registry is process-wide)."""
+    from featurenorm.methods.base import METHODS
+
+    before = dict(METHODS)
+    yield
+    METHODS.clear()
+    METHODS.update(before)
+
+
+def test_user_input_gradient_method_runs_through_its_own_logits(trained_digits_run, tmp_path, capsys,
+                                                                registry_restored):
     from PIL import Image
 
     from featurenorm.checkpoint import load_checkpoint
@@ -55,12 +68,11 @@ def test_user_input_gradient_method_runs_through_its_own_logits(trained_digits_r
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(ood / f"{i}.png")
     cfg = trained_digits_run.cfg
-    out = subprocess.run([sys.executable, "eval_ood.py", "--config", str(trained_digits_run.save_path / "config.json"),
-                          "--checkpoint", str(trained_digits_run.save_path / "last.pt"), "--plugin", str(plugin),
-                          "--methods", "msp,triple_gradnorm", "--ood", f"pngs={ood}", "--save-scores",
-                          "--set", f"save_path={tmp_path / 'run'}", "--no-progress"],
-                         capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 0, out.stderr
+    code = run_cli(eval_main, ["--config", str(trained_digits_run.save_path / "config.json"),
+                               "--checkpoint", str(trained_digits_run.save_path / "last.pt"), "--plugin", str(plugin),
+                               "--methods", "msp,triple_gradnorm", "--ood", f"pngs={ood}", "--save-scores",
+                               "--set", f"save_path={tmp_path / 'run'}", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
     scores = np.load(tmp_path / "run" / "scores.npz")
     # independently: the model's own logits times 3, differentiated by the test itself
     model, _ = load_checkpoint(trained_digits_run.save_path / "last.pt")
@@ -78,8 +90,7 @@ def test_user_input_gradient_method_runs_through_its_own_logits(trained_digits_r
     assert not np.allclose(scores["triple_gradnorm.id"], expected / 3, rtol=1e-3)  # its own logits, not plain ones
 
 
-def test_missing_plugin_is_a_one_line_error(tmp_path):
-    out = subprocess.run([sys.executable, "eval_ood.py", "--config", "conf/digits.json", "--plugin",
-                          str(tmp_path / "nope.py")], capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 2 and out.stderr == (f"error: --plugin '{tmp_path / 'nope.py'}' not found; pass an "
-                                                  "existing .py file or a module name\n")
+def test_missing_plugin_is_a_one_line_error(tmp_path, capsys):
+    code = run_cli(eval_main, ["--config", str(REPO / "conf" / "digits.json"), "--plugin", str(tmp_path / "nope.py")])
+    assert code == 2 and capsys.readouterr().err == (f"error: --plugin '{tmp_path / 'nope.py'}' not found; pass an "
+                                                     "existing .py file or a module name\n")
