@@ -153,7 +153,7 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
             bar.update(1)
     bar.close()
     if not shapes:
-        raise UserError("block selection got no images; check the ID training set")
+        raise ValueError("block selection got no images; check the ID training set")
     return BlockNorms(id={n: torch.cat(p).cpu() for n, p in id_parts.items()},
                       pseudo={kind: {n: torch.cat(p).cpu() for n, p in parts.items()}
                               for kind, parts in pseudo_parts.items()},

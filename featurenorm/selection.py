@@ -43,7 +43,7 @@ def norm_ratio(id_norms: torch.Tensor, jigsaw_norms: torch.Tensor) -> float:
         jigsaw_norms: (N,) FeatureNorms of their puzzles.
     """
     if id_norms.shape != jigsaw_norms.shape or id_norms.dim() != 1 or id_norms.numel() == 0:
-        raise UserError(f"norm_ratio needs two non-empty (N,) tensors pairing each image with its puzzle, "
+        raise ValueError(f"norm_ratio needs two non-empty (N,) tensors pairing each image with its puzzle, "
                         f"got {tuple(id_norms.shape)} and {tuple(jigsaw_norms.shape)}")
     ratios = id_norms.double() / jigsaw_norms.double().clamp_min(NORM_EPS)
     return float(ratios.mean())
@@ -60,7 +60,7 @@ def summarize_blocks(norms: BlockNorms, blocks: Sequence[str]) -> list[dict[str,
     rows = []
     for index, name in enumerate(blocks):
         if name not in norms.id:
-            raise UserError(f"no FeatureNorms were collected for block '{name}'; collected: {', '.join(norms.id)}")
+            raise ValueError(f"no FeatureNorms were collected for block '{name}'; collected: {', '.join(norms.id)}")
         id_norms = norms.id[name]
         per_kind = {kind: {"norm_ratio": norm_ratio(id_norms, values[name]),
                            "norm_mean": float(values[name].double().mean()),
@@ -110,19 +110,19 @@ def criterion_values(rows: Sequence[Mapping[str, Any]], criterion: str) -> list[
     over the kinds (:func:`average_auroc_ranks`), so that larger is better for every criterion.
 
     Raises:
-        UserError: an unknown criterion, or one whose kinds were not measured.
+        ValueError: an unknown criterion, or one whose kinds were not measured.
     """
     if criterion not in CRITERIA:
-        raise UserError(f"unknown block selection criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
+        raise ValueError(f"unknown block selection criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
     kinds = row_kinds(rows[0]) if rows else {}
     if criterion == "mean_rank":
         if len(kinds) < 2:
-            raise UserError(f"criterion 'mean_rank' combines several pseudo-OOD kinds, but only "
+            raise ValueError(f"criterion 'mean_rank' combines several pseudo-OOD kinds, but only "
                             f"{', '.join(kinds) or 'none'} was measured; pass e.g. --pseudo-ood "
                             "jigsaw,pixel_shuffle,noise,mixup,blur")
         return [-rank for rank in average_auroc_ranks(rows)]
     if JIGSAW not in kinds:
-        raise UserError(f"criterion '{criterion}' reads the jigsaw puzzles, which were not measured "
+        raise ValueError(f"criterion '{criterion}' reads the jigsaw puzzles, which were not measured "
                         f"(pseudo-OOD: {', '.join(kinds)}); add jigsaw to the kinds or use --criterion mean_rank")
     key = "norm_ratio" if criterion == "norm_ratio" else "auroc"
     return [_finite_or(row_kinds(row)[JIGSAW][key], math.nan) for row in rows]
@@ -135,7 +135,7 @@ def choose_block(rows: Sequence[dict[str, Any]], criterion: str = "norm_ratio") 
         ``{"index": int, "name": str}``.
     """
     if not rows:
-        raise UserError("no blocks to choose from; list at least one block")
+        raise ValueError("no blocks to choose from; list at least one block")
     values = [-math.inf if math.isnan(v) else v for v in criterion_values(rows, criterion)]
     best = max(range(len(rows)), key=lambda i: (values[i], -i))
     return {"index": rows[best]["index"], "name": rows[best]["name"]}

@@ -7,7 +7,6 @@ from sklearn.metrics import roc_auc_score
 
 from featurenorm.block_norms import BlockNorms, collect_block_norms
 from featurenorm.data.jigsaw import jigsaw
-from featurenorm.errors import UserError
 from featurenorm.features import block_feature_norms
 from featurenorm.models import build_model
 from featurenorm.data.pseudo_ood import kind_generator, make_pseudo_ood
@@ -29,7 +28,7 @@ def test_norm_ratio_pairs_each_image_with_its_own_puzzle():
 
 def test_norm_ratio_guards_silent_puzzle():
     assert norm_ratio(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])) == pytest.approx(0.5e12)
-    with pytest.raises(UserError, match="pairing each image"):
+    with pytest.raises(ValueError, match="pairing each image"):
         norm_ratio(torch.tensor([1.0, 2.0]), torch.tensor([1.0]))
 
 
@@ -62,7 +61,7 @@ def test_summarize_blocks_rows():
                                                  "auroc": pytest.approx(0.625)}}}
     assert rows[1]["norm_ratio"] == pytest.approx(1.75)  # (3/1 + 1/2) / 2
     assert rows[1]["jigsaw_auroc"] == pytest.approx(0.625)  # 3>1, 3>2, 1=1, 1<2 -> 2.5 / 4
-    with pytest.raises(UserError, match="block 'c'"):
+    with pytest.raises(ValueError, match="block 'c'"):
         summarize_blocks(hand_norms(), ["c"])
 
 
@@ -77,7 +76,7 @@ def test_choose_block_argmax_of_each_criterion():
     assert choose_block(rows, "norm_ratio") == {"index": 1, "name": "block1"}
     assert choose_block(rows, "auroc") == {"index": 2, "name": "block2"}
     assert choose_block(rows_for([math.nan, 0.5], [0.5, 0.5])) == {"index": 1, "name": "block1"}
-    with pytest.raises(UserError, match="unknown block selection criterion 'ratio'"):
+    with pytest.raises(ValueError, match="unknown block selection criterion 'ratio'"):
         choose_block(rows, "ratio")
 
 
@@ -140,7 +139,7 @@ def test_collect_block_norms_uses_eval_mode_and_restores_training(tiny_model_and
 
 def test_collect_block_norms_without_images_is_a_user_error():
     model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
-    with pytest.raises(UserError, match="no images"):
+    with pytest.raises(ValueError, match="no images"):
         collect_block_norms(model, [], ["1"], progress=False)
 
 
@@ -174,7 +173,7 @@ def test_mean_rank_is_the_average_rank_over_kinds():
     assert average_auroc_ranks(rows) == pytest.approx([7 / 3, 1.5, 6.5 / 3])
     assert choose_block(rows, "mean_rank") == {"index": 1, "name": "block1"}
     assert choose_block(rows, "auroc") == {"index": 0, "name": "block0"}  # the jigsaw alone
-    with pytest.raises(UserError, match="combines several pseudo-OOD kinds"):
+    with pytest.raises(ValueError, match="combines several pseudo-OOD kinds"):
         choose_block(kind_rows({"jigsaw": [0.9, 0.8]}), "mean_rank")
 
 
