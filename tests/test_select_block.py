@@ -19,12 +19,29 @@ from featurenorm.features import block_feature_norms
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "select_block.py", "--config", str(REPO / "conf" / "digits.json"),
-                           "--set", f"save_path={run_dir}", "--set", "width=0.0625", "--set", "device=cpu",
-                           # the jigsaw alone unless a test names more kinds: conf/digits.json measures all five
-                           "--set", 'pseudo_ood=["jigsaw"]', "--no-progress", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+def cli_args(run_dir: Path, *args: str) -> list[str]:
+    return ["--config", str(REPO / "conf" / "digits.json"), "--set", f"save_path={run_dir}", "--set", "width=0.0625",
+            "--set", "device=cpu",
+            # the jigsaw alone unless a test names more kinds: conf/digits.json measures all five
+            "--set", 'pseudo_ood=["jigsaw"]', "--no-progress", *args]
+
+
+def run_cli(run_dir: Path, *args: str, subprocess_run: bool = False):
+    """select_block.py with these flags: in a new interpreter (the script itself), or its main in this process."""
+    if subprocess_run:
+        return subprocess.run([sys.executable, "select_block.py", *cli_args(run_dir, *args)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from featurenorm.cli import select_main
+    from featurenorm.errors import run_cli as run_main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_main(select_main, cli_args(run_dir, *args))
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture()
@@ -34,7 +51,7 @@ def run_dir(trained_digits_run, tmp_path):
 
 
 def test_select_block_writes_json_and_plot_deterministically(run_dir):
-    done = run_cli(run_dir, "--num-samples", "120", "--seed", "3")
+    done = run_cli(run_dir, "--num-samples", "120", "--seed", "3", subprocess_run=True)
     assert done.returncode == 0, done.stderr
     first = (run_dir / "block_selection.json").read_bytes()
     result = json.loads(first)
