@@ -160,7 +160,6 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
                       shapes={n: shapes[n] for n in blocks})
 
 
-
 def collect_sharded_norms(model: nn.Module, batches: Iterable[tuple[torch.Tensor, Any, torch.Tensor]],
                           permutations: torch.Tensor, blocks: Sequence[str], grid: int,
                           amp: torch.dtype | None = None, progress: bool = True, **kinds_args: Any) -> BlockNorms:
@@ -184,10 +183,11 @@ def collect_sharded_norms(model: nn.Module, batches: Iterable[tuple[torch.Tensor
 
     norms = collect_paired_norms(model, _Sized(paired(), len(batches)), blocks, grid, amp, progress=progress,
                                  **kinds_args)
-    index = torch.cat(positions)
-    norms.id = {n: gather_in_order(v, index) for n, v in norms.id.items()}
-    norms.pseudo = {kind: {n: gather_in_order(v, index) for n, v in per_block.items()}
-                    for kind, per_block in norms.pseudo.items()}
+    values = {("ID", n): v for n, v in norms.id.items()}
+    values.update({(kind, n): v for kind, per_block in norms.pseudo.items() for n, v in per_block.items()})
+    gathered = gather_in_order(values, torch.cat(positions))
+    norms.id = {n: gathered[("ID", n)] for n in norms.id}
+    norms.pseudo = {kind: {n: gathered[(kind, n)] for n in per_block} for kind, per_block in norms.pseudo.items()}
     return norms
 
 

@@ -256,10 +256,14 @@ def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.M
             raise UserError(f"cannot tell the class count of '{path}'; set num_classes in the config")
         model = build_model(cfg.arch, cfg.num_classes, width=cfg.width)
         load_foreign_weights(model, weights, path)
+    return _placed(model, cfg, device)
+
+
+def _placed(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """The model in eval mode on ``device``, channels-last when the config asks (the loaders hand over
+    channels-last batches too)."""
     model = model.to(device).eval()
-    if cfg.channels_last:  # the loaders hand over channels-last batches too
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def _pretrained_classes(cfg: Config) -> int | None:
@@ -318,10 +322,7 @@ def load_run_model(cfg: Config, checkpoint: str | Path | None, device: torch.dev
                         "--checkpoint PATH, set pretrained true for torchvision/timm weights, or pass "
                         f"--checkpoint {NO_CHECKPOINT} to score the randomly initialised model")
     model, source = _built_model(cfg)
-    model = model.to(device).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, source
+    return _placed(model, cfg, device), source
 
 
 def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:

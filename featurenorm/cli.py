@@ -53,6 +53,7 @@ def _load(args: argparse.Namespace):
     benchmark = getattr(args, "benchmark", None)
     return load_config(args.config, list(args.set) + ([f"benchmark={benchmark}"] if benchmark else []))
 
+
 CHECKPOINT_HELP = ("model checkpoint (default: <save_path>/last.pt, or the pretrained weights when pretrained is true "
                    "and there is none); foreign state_dicts and OpenOOD checkpoints are accepted for the configured "
                    "arch; 'none': the model as the config builds it (pretrained weights, else random init by seed)")

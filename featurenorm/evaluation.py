@@ -24,12 +24,13 @@ from .block_norms import model_device
 from .checkpoint import load_run_model
 from .config import Config
 from .data.batches import ImageBatches, split_batches
+from .data.benchmarks import benchmark_entry
 from .data.datasets import load_split, resolve_id_dataset
 from .errors import UserError
 from .fit_cache import fit_with_cache
 from .methods import METHODS, build_method, method_names
 from .methods.base import PAPER_METHOD
-from .models.blocks import candidate_blocks
+from .models.blocks import candidate_blocks, classifier_parts
 from .results import ResultsMeta, assemble_results
 from .runtime import amp_dtype, init_distributed, shutdown_distributed
 from .scoring import DatasetScores, Scorer, collect_features, score_dataset
@@ -42,8 +43,6 @@ FIT_SUBSAMPLE_SEED = 0
 def uses_block(method: Any) -> bool:
     """Whether a method (a name, class or instance) reads the selected block's FeatureNorm: its class says so
     by listing ``block_norm`` in ``needs``."""
-    from .methods.base import METHODS
-
     cls = METHODS.get(method) if isinstance(method, str) else method
     return cls is not None and "block_norm" in cls.needs
 
@@ -147,8 +146,6 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
         fitted: ``{method: how}`` for method instances already fitted (e.g. ``"cached"``); not refitted.
     """
     fitted = dict(fitted or {})
-    from .models.blocks import classifier_parts
-
     built = _build_methods(methods, cfg)
     names = list(built)
     needs_block = any(uses_block(type(m)) for m in built.values())
@@ -224,7 +221,6 @@ def evaluate(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, It
                            all_blocks=all_blocks, progress=progress).results
 
 
-# ------------------------------------------------------------------------------------------ data
 # ------------------------------------------------------------------------------------------ the run
 def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | None = None, block: str | None = None,
                    ood_specs: Sequence[str] = (), save_scores: bool = False, all_blocks: bool = False,
@@ -263,8 +259,6 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             if result.count == 0:
                 skipped[name] = "no readable images"
                 del evaluation.ood_scores[name]
-        from .data.benchmarks import benchmark_entry
-
         entry = benchmark_entry(cfg.benchmark, id_kind or "imagefolder")  # its groups and table layout
         meta = ResultsMeta(id_dataset=id_kind, arch=cfg.arch, checkpoint=weights.description, seed=cfg.seed,
                            block=selected, skipped=skipped, unreadable=unreadable,

@@ -133,7 +133,7 @@ def oracle_gap(per_block: Mapping[str, Mapping[str, Any]], selected: str) -> dic
         ``{"best_block", "best_auroc", "selected_block", "selected_auroc", "difference"}``, AUROCs as
         fractions and ``difference = best_auroc - selected_auroc`` (>= 0).
     """
-    averages = {block: per_set["average"]["auroc"] for block, per_set in per_block.items()}
+    averages = {block: per_set[AVERAGE]["auroc"] for block, per_set in per_block.items()}
     best = max(averages, key=lambda block: averages[block])
     return {"best_block": best, "best_auroc": averages[best], "selected_block": selected,
             "selected_auroc": averages[selected], "difference": averages[best] - averages[selected]}

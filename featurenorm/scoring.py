@@ -108,22 +108,30 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Te
 
 
 class _Collected:
-    """Per-image values batch by batch, put in set order at the end (across ranks when batches carry an index)."""
+    """Per-image values batch by batch, under ``(group, name)`` keys, put in set order at the end (across
+    ranks, in one gather, when the batches carry an index)."""
 
     def __init__(self):
-        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.parts: dict[tuple[str, str], list[torch.Tensor]] = {}
         self.index: list[torch.Tensor] = []
 
-    def add(self, values: Mapping[str, torch.Tensor], index: torch.Tensor | None) -> None:
+    def add(self, group: str, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():
-            self.parts.setdefault(name, []).append(value)
+            self.parts.setdefault((group, name), []).append(value)
+
+    def add_index(self, index: torch.Tensor | None) -> None:
         if index is not None:
             self.index.append(index)
 
-    def in_order(self) -> dict[str, torch.Tensor]:
-        index = torch.cat(self.index) if self.index else None
-        return {name: (gather_in_order(torch.cat(v), index) if index is not None else torch.cat(v).cpu())
-                for name, v in self.parts.items()}
+    def in_order(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{group: {name: (N, ...) on the CPU}}``."""
+        values = {key: torch.cat(parts) for key, parts in self.parts.items()}
+        values = gather_in_order(values, torch.cat(self.index)) if self.index else \
+            {key: value.cpu() for key, value in values.items()}
+        grouped: dict[str, dict[str, torch.Tensor]] = {}
+        for (group, name), value in values.items():
+            grouped.setdefault(group, {})[name] = value
+        return grouped
 
 
 def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) -> DatasetScores:
@@ -132,7 +140,7 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
     ``batches`` yields images, ``(images, labels)`` or ``(images, labels, index)``; they are moved to the
     model's device. Labels, where given and >= 0, count toward the accuracy. With an index (as
     :class:`~featurenorm.data.batches.ImageBatches` yields) the per-image values of every rank are
-    gathered back in set order; a ``batches.unreadable`` list names the files left out.
+    gathered back in set order; ``batches.all_unreadable()``, where it exists, names the files left out.
     """
     device = model_device(scorer.model)
     collected = _Collected()
@@ -148,8 +156,9 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
         scores, norms, logits = scorer.score_batch(images)
         if has_input:
             scores.update(scorer.input_scores(images))
-        collected.add({**{f"score:{k}": v for k, v in scores.items()}, **{f"norm:{k}": v for k, v in norms.items()}},
-                      index)
+        collected.add("scores", scores)
+        collected.add("block_norms", norms)
+        collected.add_index(index)
         if labels is not None and logits is not None:
             labels = labels.to(logits.device)
             known = labels >= 0
@@ -159,12 +168,11 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
         bar.update(1)
     bar.close()
     values = collected.in_order()
-    result = DatasetScores(correct=int(torch.stack(hits).sum()) if hits else 0,
+    result = DatasetScores(scores=values.get("scores", {}), block_norms=values.get("block_norms", {}),
+                           correct=int(torch.stack(hits).sum()) if hits else 0,
                            labelled=int(torch.stack(labelled).sum()) if labelled else 0, count=count)
-    result.scores = {k[len("score:"):]: v for k, v in values.items() if k.startswith("score:")}
-    result.block_norms = {k[len("norm:"):]: v for k, v in values.items() if k.startswith("norm:")}
-    unreadable = getattr(batches, "all_unreadable", None)
-    result.unreadable = unreadable() if unreadable else list(getattr(batches, "unreadable", []))
+    # ImageBatches name the files they left out (every rank's); other loaders skip none
+    result.unreadable = getattr(batches, "all_unreadable", list)()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         totals = torch.tensor([result.correct, result.labelled, result.count], dtype=torch.long)
         torch.distributed.all_reduce(totals)
@@ -186,10 +194,11 @@ def collect_features(forward_features: Callable[[torch.Tensor], torch.Tensor], l
             images = images.to(device, non_blocking=True)
             with autocast(amp, device):
                 features = forward_features(images)
-            collected.add({"features": features.float().cpu(), "labels": labels.cpu()}, index)
+            collected.add("fit", {"features": features.float().cpu(), "labels": labels.cpu()})
+            collected.add_index(index)
             bar.update(1)
     bar.close()
     if not collected.parts:
         raise ValueError("the fit loader yielded no images")
-    values = collected.in_order()
+    values = collected.in_order()["fit"]
     return values["features"], values["labels"]

@@ -64,7 +64,8 @@ def summarize_blocks(norms: BlockNorms, blocks: Sequence[str]) -> list[dict[str,
         id_norms = norms.id[name]
         per_kind = {kind: {"norm_ratio": norm_ratio(id_norms, values[name]),
                            "norm_mean": float(values[name].double().mean()),
-                           "auroc": auroc(id_norms.double().numpy(), values[name].double().numpy())} for kind, values in norms.pseudo.items()}
+                           "auroc": auroc(id_norms.double().numpy(), values[name].double().numpy())}
+                    for kind, values in norms.pseudo.items()}
         row: dict[str, Any] = {"index": index, "name": name, "shape": list(norms.shapes[name])}
         if JIGSAW in per_kind:
             row["norm_ratio"] = per_kind[JIGSAW]["norm_ratio"]
@@ -335,8 +336,8 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     from .checkpoint import load_run_model
     from .data.datasets import load_split, train_subsample_size
     from .data.jigsaw import sample_permutations
-    from .models.blocks import candidate_blocks
     from .data.batches import split_batches
+    from .models.blocks import candidate_blocks
     from .runtime import amp_dtype, init_distributed, shutdown_distributed
 
     grid = grid if grid is not None else cfg.jigsaw_grid

@@ -11,7 +11,7 @@ batches and named in ``unreadable``.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch.utils.data import Dataset
@@ -34,27 +34,37 @@ def _process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def merge_in_order(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """``[(values (n_r, ...), positions (n_r,)), ...]`` of several ranks -> (n, ...) values in set order."""
-    values = torch.cat([part[0].cpu() for part in parts])
-    index = torch.cat([part[1].cpu() for part in parts])
-    return values[torch.argsort(index, stable=True)]
+Values = Union[torch.Tensor, Mapping[Any, torch.Tensor]]
 
 
-def gather_in_order(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per-image values of every rank of the process group (if any), in set order: (n, ...) on the CPU.
+def merge_in_order(parts: Sequence[tuple[Values, torch.Tensor]]) -> Values:
+    """``[(values, positions (n_r,)), ...]`` of several ranks -> the values in set order.
+
+    ``values`` is one (n_r, ...) tensor per rank, or a mapping of such tensors (all put in the same order).
+    """
+    order = torch.argsort(torch.cat([part[1].cpu() for part in parts]), stable=True)
+    first = parts[0][0]
+    if isinstance(first, Mapping):
+        return {key: torch.cat([part[0][key].cpu() for part in parts])[order] for key in first}
+    return torch.cat([part[0].cpu() for part in parts])[order]
+
+
+def gather_in_order(values: Values, index: torch.Tensor) -> Values:
+    """Per-image values of every rank of the process group (if any), in set order, on the CPU.
 
     Args:
-        values: (n_rank, ...) this rank's values.
+        values: (n_rank, ...) this rank's values, or a mapping of such tensors (gathered together, in one
+            collective call).
         index: (n_rank,) their positions in the set.
     """
+    values = {key: value.cpu() for key, value in values.items()} if isinstance(values, Mapping) else values.cpu()
     _, world_size = _process_group()
-    parts: list = [(values.cpu(), index.cpu())]
+    parts: list = [(values, index.cpu())]
     if world_size > 1:
         import torch.distributed as dist
 
         parts = [None] * world_size
-        dist.all_gather_object(parts, (values.cpu(), index.cpu()))
+        dist.all_gather_object(parts, (values, index.cpu()))
     return merge_in_order(parts)
 
 

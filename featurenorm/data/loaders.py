@@ -187,8 +187,6 @@ class ShardedBatchSampler:
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self):
-        from .batches import shard
-
         order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)) if self.shuffle \
             else torch.arange(self.n)
         for start in range(0, self.n, self.batch_size):
