@@ -17,6 +17,9 @@ Figures (``TARGETS`` holds the goal of each):
    (uint8 -> crop/flip -> normalize) vs the same steps on batches already on the device.
 5. ``shared_pass_speedup``: K methods scored from one shared pass vs K separate passes, one full
    forward per method as a one-detector-per-pass library does; ideally K.
+6. ``channels_last_vs_contiguous``: training steps of a channels_last copy of the model vs the
+   contiguous model (the same weights, the same batches). ``channels_last`` is a CUDA default; on
+   CPU it helps on some machines and not on others, so this figure is what to decide by.
 
 The fitted methods are fitted on random features (``fit_samples`` rows), so KNN scores against a
 small bank; its cost grows linearly with the bank (the ID training set in a real run).
@@ -51,6 +54,7 @@ TARGETS: dict[str, tuple[str, float]] = {
     "selection_vs_forward": (">=", 0.85),
     "train_pipeline_vs_compute": (">=", 0.95),
     "shared_pass_speedup": (">=", 0.90),  # times K
+    "channels_last_vs_contiguous": (">", 1.0),  # met: channels_last pays on this machine
 }
 FIGURES = tuple(TARGETS)
 
@@ -280,6 +284,33 @@ def bench_train_pipeline(settings: BenchSettings, amp: torch.dtype | None, devic
     return measure_pair(with_loader, on_device, count, count, settings.repeats, settings.warmup, device)
 
 
+def bench_channels_last(settings: BenchSettings, amp: torch.dtype | None, device: torch.device,
+                        generator: torch.Generator) -> Paired:
+    """Training steps in channels_last vs contiguous memory: two copies of one model, the same batches."""
+    cfg = Config()
+    contiguous = build_model(settings.arch, settings.num_classes, width=settings.width).to(device).train()
+    channels_last = build_model(settings.arch, settings.num_classes, width=settings.width).to(device).train()
+    channels_last.load_state_dict(contiguous.state_dict())
+    channels_last = channels_last.to(memory_format=torch.channels_last)
+    size = settings.image_size
+    batches = [(torch.randn(settings.batch_size, 3, size, size, generator=generator).to(device),
+                torch.randint(0, settings.num_classes, (settings.batch_size,), generator=generator).to(device))
+               for _ in range(settings.steps)]
+
+    def steps_of(model: nn.Module, memory_format: torch.memory_format) -> Callable[[], None]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=cfg.momentum)
+        ready = [(x.contiguous(memory_format=memory_format), y) for x, y in batches]
+
+        def run() -> None:
+            for x, y in ready:
+                train_step(model, optimizer, x, y, amp)
+        return run
+
+    count = settings.steps * settings.batch_size
+    return measure_pair(steps_of(channels_last, torch.channels_last), steps_of(contiguous, torch.contiguous_format),
+                        count, count, settings.repeats, settings.warmup, device)
+
+
 def bench_shared_pass(model: nn.Module, methods: dict[str, Any], batches: Sequence[torch.Tensor],
                       settings: BenchSettings, amp: torch.dtype | None, device: torch.device) -> Paired:
     """All K methods from one pass vs one full forward per method (K passes)."""
@@ -301,7 +332,7 @@ def bench_shared_pass(model: nn.Module, methods: dict[str, Any], batches: Sequen
 # ------------------------------------------------------------------------------------------ the run
 def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None,
                   figures: Sequence[str] = FIGURES) -> dict[str, Any]:
-    """Measure ``figures`` (default: all five); returns a JSON-ready dict (see :func:`format_table`)."""
+    """Measure ``figures`` (default: all six); returns a JSON-ready dict (see :func:`format_table`)."""
     unknown = [figure for figure in figures if figure not in FIGURES]
     if unknown:
         raise ValueError(f"unknown benchmark figure '{unknown[0]}'; valid: {', '.join(FIGURES)}")
@@ -332,6 +363,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] | None = N
                                                                       device),
         "selection_vs_forward": lambda: bench_selection(model, batches, settings, amp, device, generator),
         "shared_pass_speedup": lambda: bench_shared_pass(model, methods, batches, settings, amp, device),
+        "channels_last_vs_contiguous": lambda: bench_channels_last(settings, amp, device, generator),
     }
     k = len(methods)
     results: dict[str, Any] = {}

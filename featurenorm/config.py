@@ -78,10 +78,11 @@ class Config:
     loader: str = "auto"
     num_workers: int = 2
     amp: str = "auto"
-    channels_last: bool = False
+    channels_last: bool = False  # off unless asked: measured slower, or hanging, on some CPUs (README, Performance)
     compile: bool = False
     eval_batch_size: int = 256
     save_path: str = ""
+    stop_grace_seconds: float = 30.0  # after SIGINT/SIGTERM, how long a training step may take to finish and save
     # --- block selection
     jigsaw_grid: int = 3
     selection_samples: int | None = None  # None: all, or the dataset's default subsample (ImageNet)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of scoring, block selection and training relative to a bare forward pass.
 
-The logic lives in featurenorm/benchmark.py; its docstring defines the five figures.
+The logic lives in featurenorm/benchmark.py; its docstring defines the six figures.
 
 Example:
     python scripts/benchmark.py                      # CPU: resnet18 width 0.5, batch 64

@@ -33,7 +33,7 @@ def test_report_holds_every_figure_with_positive_rates_and_memory(tiny_report):
     results = tiny_report["results"]
     assert list(results) == list(FIGURES) == ["eval_scoring_vs_forward", "featurenorm_early_exit_vs_forward",
                                               "selection_vs_forward", "train_pipeline_vs_compute",
-                                              "shared_pass_speedup"]
+                                              "shared_pass_speedup", "channels_last_vs_contiguous"]
     for figure, entry in results.items():
         assert entry["ratio"] > 0 and entry["images_per_s"] > 0 and entry["baseline_images_per_s"] > 0, figure
         assert len(entry["ratios"]) == 1 and entry["ratio"] == entry["ratios"][0]
@@ -43,7 +43,7 @@ def test_report_holds_every_figure_with_positive_rates_and_memory(tiny_report):
     k = results["shared_pass_speedup"]["k"]
     goals = {"eval_scoring_vs_forward": lambda r: r >= 0.90, "featurenorm_early_exit_vs_forward": lambda r: r > 1.0,
              "selection_vs_forward": lambda r: r >= 0.85, "train_pipeline_vs_compute": lambda r: r >= 0.95,
-             "shared_pass_speedup": lambda r: r >= 0.90 * k}
+             "shared_pass_speedup": lambda r: r >= 0.90 * k, "channels_last_vs_contiguous": lambda r: r > 1.0}
     for figure, entry in results.items():
         assert entry["met"] is goals[figure](entry["ratio"]), figure
     assert tiny_report["peak_rss_mib"] > 0
@@ -109,10 +109,11 @@ def test_table_lists_every_figure_with_its_verdict():
     assert lines[2].split() == ["eval_scoring_vs_forward", "0.500", ">=", "0.90", "NO", "10.0", "20.0"]
     assert lines[6].split() == ["shared_pass_speedup", "(K=3)", "2.950", ">=", "0.90", "K", "=", "2.70", "yes",
                                 "10.0", "20.0"]
-    assert lines[7] == "peak RSS: 512 MiB"
-    assert len(lines) == 9 and lines[8].startswith("images/s:")
+    assert lines[7].split() == ["channels_last_vs_contiguous", "0.500", ">", "1.00", "NO", "10.0", "20.0"]
+    assert lines[8] == "peak RSS: 512 MiB"
+    assert len(lines) == 10 and lines[9].startswith("images/s:")
     report["machine"].update(load_average_before=1.5, cpu_count=2)
-    assert format_table(report).splitlines()[8] == ("warning: the load average was 1.5 on 2 CPUs before the run; "
+    assert format_table(report).splitlines()[9] == ("warning: the load average was 1.5 on 2 CPUs before the run; "
                                                     "other processes may have been busy, so the figures may be noisy")
 
 

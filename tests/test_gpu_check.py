@@ -69,7 +69,7 @@ def test_tiny_run_records_the_machine_and_the_settings_used(tiny_run):
     assert machine["torch_cuda"] == torch.version.cuda
     assert report["peak_bf16"] == {"tflops": 2.0, "source": "--peak-tflops"}
     assert (settings["width"], settings["batch_size"], settings["loader"], settings["channels_last"]) == \
-        (TINY.width, TINY.batch_size, "gpu", True)
+        (TINY.width, TINY.batch_size, "gpu", False)  # channels_last is a CUDA default only
     assert settings["compile"] is False and settings["amp_used"] == "fp32"  # CPU: no inductor, no autocast
     assert report["data"]["train_images"] == TINY.train_images and report["data"]["test_images"] == TINY.test_images
     assert report["data"]["ood_images"] == {"svhn": TINY.ood_images // 2, "textures": TINY.ood_images // 2}
@@ -91,7 +91,7 @@ def test_training_figures_follow_from_the_log_and_the_layer_shapes(tiny_run):
     assert f["achieved_tflops"] == pytest.approx((3 * forward - stem) * TINY.train_images / steady / 1e12, rel=1e-9)
     assert f["peak_memory_mib"] is None  # no CUDA memory to report on a CPU
     assert f["peak_fraction"] == pytest.approx(f["achieved_tflops"] / 2.0, rel=1e-9)
-    assert f["settings_used"] == {"loader": "gpu", "amp": "fp32", "channels_last": True, "compile": False,
+    assert f["settings_used"] == {"loader": "gpu", "amp": "fp32", "channels_last": False, "compile": False,
                                   "batch_size": TINY.batch_size, "width": TINY.width, "arch": "resnet18"}
     assert all(math.isfinite(loss) for loss in f["train_loss"])
 

@@ -194,3 +194,83 @@ def test_a_signal_during_the_last_evaluation_just_finishes(trained_digits_run, t
     assert metrics["epoch"] == 2
     state = load(run)
     assert (state["epoch"], state["step"], state["finished"]) == (2, 0, True)
+
+
+# A model whose training forward enters a C++ call that never returns (waiting on a torch Future
+# nobody completes) in the second step of epoch 2: the main thread then never runs a Python signal
+# handler again, as on the AVX2 machine where a channels_last backward hung.
+STUCK_PLUGIN = f'''
+import torch
+from featurenorm.models import build_model, register_model
+
+class Stuck(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.training_calls = inner, 0
+
+    def forward(self, x):
+        if self.training:
+            self.training_calls += 1
+            if self.training_calls == {STEPS_PER_EPOCH} + 2:
+                print("stuck in a C++ call", flush=True)
+                torch.futures.Future().wait()
+        return self.inner(x)
+
+@register_model("stuck_resnet18")
+def stuck_resnet18(num_classes, width=1.0, **options):
+    return Stuck(build_model("resnet18", num_classes, width=width, **options))
+'''
+
+
+def start_stuck(tmp_path: Path, *settings: str) -> tuple[subprocess.Popen, Path, Path]:
+    """train.py with the stuck model; returns (process, run folder, stdout+stderr log) once it is stuck."""
+    plugin, run, log = tmp_path / "stuck.py", tmp_path / "run", tmp_path / "log.txt"
+    plugin.write_text(STUCK_PLUGIN)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*train_command(run, "--plugin", str(plugin), "--no-progress"), "--set",
+                                 "arch=stuck_resnet18", *settings], cwd=REPO, env=ENV, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(log, "stuck in a C++ call", proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, run, log
+
+
+def assert_epoch_one_intact(run: Path) -> None:
+    """last.pt is epoch 1's, whole and loadable; no temporary file was left beside it."""
+    state = load(run)
+    assert (state["epoch"], state["step"], state["finished"]) == (1, 0, False)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_step_stuck_in_cpp_ends_after_the_grace_period(tmp_path):
+    proc, run, log = start_stuck(tmp_path, "--set", "stop_grace_seconds=2")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        status = proc.wait(timeout=60)  # without the watcher it would wait for ever
+    finally:
+        proc.kill()
+    assert status == 128 + signal.SIGTERM
+    assert time.monotonic() - sent >= 2  # the step had its grace period first
+    assert "did not finish within stop_grace_seconds=2" in log.read_text()
+    assert_epoch_one_intact(run)
+
+
+def test_a_second_signal_ends_a_stuck_step_at_once(tmp_path):
+    proc, run, log = start_stuck(tmp_path)  # the default grace period (30 s) is never reached
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None  # one signal: the run waits for the step
+    proc.send_signal(signal.SIGINT)
+    try:
+        status = proc.wait(timeout=20)
+    finally:
+        proc.kill()
+    assert status == 128 + signal.SIGINT
+    assert time.monotonic() - sent < 30
+    assert "second SIGINT: ending now" in log.read_text()
+    assert_epoch_one_intact(run)

@@ -8,7 +8,7 @@ two OOD sets, half of the OOD images each), and runs the chain through the libra
 its own, so that a failing step does not stop the others:
 
 1. ``train``: two epochs of :func:`featurenorm.engine.train` with the recipe's execution settings
-   (device-resident loader, bf16 autocast, channels_last, ``torch.compile``).
+   (device-resident loader, bf16 autocast, channels_last and ``torch.compile`` on CUDA).
 2. ``torchrun``: one epoch of ``train.py`` under ``torchrun --nproc_per_node=1`` (NCCL on CUDA,
    gloo on CPU); the checkpoint loads and reproduces the logged test accuracy; then
    ``train(resume=True)`` (what ``train.py --resume`` calls, here in the check's own process, which

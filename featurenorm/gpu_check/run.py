@@ -82,7 +82,8 @@ def resolve_check_device(name: str) -> torch.device:
     return torch.device("cuda:0") if device.type == "cuda" and device.index is None else device
 
 
-def base_config(out: Path, device: torch.device, sizes: Sizes, compile_model: bool) -> dict[str, Any]:
+def base_config(out: Path, device: torch.device, sizes: Sizes, compile_model: bool,
+                channels_last: bool) -> dict[str, Any]:
     """The config keys of the check: the recipe's execution settings, the synthetic data, the sizes."""
     workers = sizes.num_workers if sizes.num_workers is not None else min(8, os.cpu_count() or 1)
     data = out / "data"
@@ -90,7 +91,7 @@ def base_config(out: Path, device: torch.device, sizes: Sizes, compile_model: bo
         "id_dataset": str(data / "cifar10"), "data_root": str(data), "num_classes": NUM_CLASSES,
         "arch": "resnet18", "width": sizes.width, "epochs": 2, "milestones": [], "batch_size": sizes.batch_size,
         "eval_batch_size": sizes.eval_batch_size, "device": str(device), "loader": "gpu", "amp": "bf16",
-        "channels_last": True, "compile": compile_model, "num_workers": workers,
+        "channels_last": channels_last, "compile": compile_model, "num_workers": workers,
         "selection_samples": sizes.selection_images, "save_path": str(out / "run"),
         "svhn": str(data / "svhn"), "textures": str(data / "textures"), "seed": 0,
     }
@@ -98,12 +99,15 @@ def base_config(out: Path, device: torch.device, sizes: Sizes, compile_model: bo
 
 def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tflops: float | None = None,
               compile_model: bool | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, channels_last: bool | None = None) -> dict[str, Any]:
     """Make the data, run the five steps, write and return ``<out>/gpu_check.json``.
 
     Args:
         compile_model: None: on for CUDA; off for CPU, where inductor's first C++ compile of
             the training step takes about 50 s on two cores.
+        channels_last: None: on for CUDA, where it is the recipe's default; off for CPU, where
+            oneDNN's channels_last kernels were measured slower on some CPUs and, at width 0.0625
+            on an AVX2-only AMD EPYC, to hang or crash in the first backward pass.
     Returns:
         ``{"schema", "passed", "seconds", "mode", "machine", "settings", "peak_bf16",
         "data", "steps": {step: {"passed", "seconds", "error", "figures", "checks", "traceback"}}}``.
@@ -120,9 +124,11 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
     sizes = TINY if tiny else FULL
     if compile_model is None:
         compile_model = torch_device.type == "cuda"
+    if channels_last is None:
+        channels_last = torch_device.type == "cuda"
     ctx = CheckContext(out=out, device=torch_device, sizes=sizes, compile=compile_model,
                        peak=peak_bf16(torch_device, peak_tflops), progress=progress,
-                       base=base_config(out, torch_device, sizes, compile_model))
+                       base=base_config(out, torch_device, sizes, compile_model, channels_last))
     for stale in (ctx.run_dir, ctx.torchrun_dir):
         if stale.exists():
             shutil.rmtree(stale)  # a fit cache or selection of an earlier run would skew the timings
@@ -220,14 +226,17 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--peak-tflops", type=float, help="the GPU's peak dense bf16 TFLOP/s (default: from a table)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="torch.compile in step 1 (auto: on for CUDA, off for CPU)")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="channels_last memory format (auto: on for CUDA, off for CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise UserError(f"--peak-tflops must be positive, got {args.peak_tflops}")
-    compile_model = {"auto": None, "on": True, "off": False}[args.compile]
-    report = run_check(args.out, args.device, args.tiny, args.peak_tflops, compile_model,
-                       progress=not args.no_progress, log=lambda text: print(text, file=sys.stderr, flush=True))
+    switch = {"auto": None, "on": True, "off": False}
+    report = run_check(args.out, args.device, args.tiny, args.peak_tflops, switch[args.compile],
+                       progress=not args.no_progress, log=lambda text: print(text, file=sys.stderr, flush=True),
+                       channels_last=switch[args.channels_last])
     print(format_table(report))
     print(f"wrote {Path(args.out) / 'gpu_check.json'}")
     return 0 if report["passed"] else 1
