@@ -121,8 +121,9 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
     from .runtime import autocast, progress_bar
 
     kinds = list(kinds)
-    mean = list(mean) if mean is not None else Config().mean
-    std = list(std) if std is not None else Config().std
+    # the defaults are one value repeated per channel: one value serves gray and RGB images alike
+    mean = list(mean) if mean is not None else Config().mean[:1]
+    std = list(std) if std is not None else Config().std[:1]
     id_parts: dict[str, list[torch.Tensor]] = {name: [] for name in blocks}
     pseudo_parts: dict[str, dict[str, list[torch.Tensor]]] = {kind: {name: [] for name in blocks} for kind in kinds}
     shapes: dict[str, tuple[int, ...]] = {}

@@ -188,7 +188,7 @@ def checkpoint_config(state: dict[str, Any]) -> Config:
 
 def model_from_state(state: dict[str, Any], path: str | Path = "checkpoint") -> tuple[nn.Module, Config]:
     cfg = checkpoint_config(state)
-    model = build_model(cfg.arch, state["num_classes"], width=cfg.width)
+    model = build_model(cfg.arch, state["num_classes"], width=cfg.width, in_channels=cfg.channels)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
@@ -254,7 +254,7 @@ def load_for_config(cfg: Config, path: str | Path, device: torch.device) -> nn.M
             cfg.num_classes = _head_classes(weights) or _pretrained_classes(cfg)
         if cfg.num_classes is None:
             raise UserError(f"cannot tell the class count of '{path}'; set num_classes in the config")
-        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width)
+        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, in_channels=cfg.channels)
         load_foreign_weights(model, weights, path)
     return _placed(model, cfg, device)
 
@@ -338,7 +338,7 @@ def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:
         num_classes = _pretrained_classes(cfg) if torchvision else num_classes_of(cfg)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
         torch.manual_seed(cfg.seed)  # a random init must be the same in select_block.py and eval_ood.py
-        model = build_model(cfg.arch, num_classes, width=cfg.width, pretrained=cfg.pretrained, weights=cfg.weights,
+        model = build_model(cfg.arch, num_classes, width=cfg.width, in_channels=cfg.channels, pretrained=cfg.pretrained, weights=cfg.weights,
                             download=cfg.download)
     if not cfg.pretrained:
         return model, WeightsSource(f"random init (seed {cfg.seed})")

@@ -20,7 +20,9 @@ from .errors import ConfigError, UserError
 
 # Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
 OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100",
-            "inaturalist", "sun", "places")
+            "inaturalist", "sun", "places", "mnist", "fashion_mnist")
+# ID data sets whose images are not RGB: their channels, when the config does not set ``channels``.
+DATA_CHANNELS = {"mnist": 1, "fashion_mnist": 1}
 
 # JSON spellings that differ from the dataclass field name.
 ALIASES = {"epoch": "epochs", "lsun-resize": "lsun_resize"}
@@ -53,13 +55,15 @@ class Config:
     # --- ID data
     id_dataset: str = ""
     dataset: str | None = None
+    # None: the ID data's own (1 for mnist, fashion_mnist; else 3); 3 on gray data replicates the gray channel
+    channels: int | None = None
     data_root: str = "./data"
     download: bool = False
     # torchvision archs: image_size, resize_size, mean, std and interpolation default to the weights' own
     image_size: int = 32
     resize_size: int | None = None  # None: stretch to image_size; else shorter side, then a center crop
     interpolation: str = "bilinear"
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # one per channel
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     crop_padding: int = 4
     hflip: bool = True
@@ -101,6 +105,8 @@ class Config:
     inaturalist: str | None = None
     sun: str | None = None
     places: str | None = None
+    mnist: str | None = None  # the folder of MNIST's IDX files (featurenorm.data.idx); its test split is scored
+    fashion_mnist: str | None = None  # the same for Fashion-MNIST
     places365_samples: int = 10000
     # --- benchmark: which table of data sets (featurenorm.data.benchmarks) a run scores
     benchmark: str = DEFAULT_BENCHMARK
@@ -114,6 +120,14 @@ class Config:
     ash_percentile: float = 90.0
     knn_k: int = 50
     vim_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels is None:
+            self.channels = data_channels(self.dataset or self.id_dataset)
+        for key in ("mean", "std"):  # a single value repeated over RGB (the default) means that value per channel
+            values = getattr(self, key)
+            if len(values) == 3 and len(set(values)) == 1 and self.channels != 3:
+                setattr(self, key, [values[0]] * self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config, with JSON spellings (``lsun-resize``)."""
@@ -318,8 +332,12 @@ def validate(cfg: Config, source: str = "config") -> None:
             check_percentile(key, getattr(cfg, key))
         except ValueError as err:
             bad(key, str(err)[len(key) + 1:])
-    if len(cfg.mean) != 3 or len(cfg.std) != 3:
-        bad("mean" if len(cfg.mean) != 3 else "std", "must have 3 values (R, G, B)")
+    if cfg.channels not in (1, 3):
+        bad("channels", f"must be 1 (grayscale) or 3 (RGB), got {cfg.channels}")
+    for key in ("mean", "std"):
+        if len(getattr(cfg, key)) != cfg.channels:
+            bad(key, f"must have one value per channel: {cfg.channels} for channels {cfg.channels}, "
+                     f"got {len(getattr(cfg, key))}")
     if any(s <= 0 for s in cfg.std):
         bad("std", "must be positive")
     for key in ("selection_samples", "fit_samples"):
@@ -337,6 +355,14 @@ def validate(cfg: Config, source: str = "config") -> None:
                       f"{BENCHMARKS[cfg.benchmark]['root_holds']} (e.g. --set {root_key}=./data/openood)")
     if not cfg.pseudo_ood:
         bad("pseudo_ood", "must list at least one pseudo-OOD kind, e.g. [\"jigsaw\"]")
+
+
+def data_channels(id_dataset: str) -> int:
+    """The image channels of an ID data set named ``id_dataset`` (a name, or a folder named after one)."""
+    base = Path(id_dataset).name.lower().replace("-", "_")
+    if base in DATA_CHANNELS:
+        return DATA_CHANNELS[base]
+    return next((DATA_CHANNELS[name] for name in sorted(DATA_CHANNELS, key=len, reverse=True) if name in base), 3)
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

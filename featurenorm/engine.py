@@ -296,7 +296,7 @@ class _Run:
     @classmethod
     def build(cls, cfg: Config, device: torch.device, info: Dist, state: dict[str, Any] | None) -> "_Run":
         seed_everything(cfg.seed)
-        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, pretrained=cfg.pretrained, weights=cfg.weights,
+        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, in_channels=cfg.channels, pretrained=cfg.pretrained, weights=cfg.weights,
                             download=cfg.download).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -241,6 +241,10 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         fit_status = fit_with_cache(cfg, model, built, weights, lambda: _fit_batches(cfg, device),
                                     amp, progress, info.is_main)
         ood_loaders = {source.name: open_ood(source, cfg, device) for source in live}
+        conversions = {name: batches.conversion for name, batches in ood_loaders.items() if batches.conversion}
+        if info.is_main:
+            for name, conversion in conversions.items():
+                print(f"OOD set '{name}': {conversion} for the {cfg.channels}-channel model", file=sys.stderr)
         test_split = load_split(cfg, train=False)
         try:
             evaluation = evaluate_scores(model, split_batches(cfg, test_split, device), ood_loaders,
@@ -262,6 +266,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         entry = benchmark_entry(cfg.benchmark, id_kind or "imagefolder")  # its groups and table layout
         meta = ResultsMeta(id_dataset=id_kind, arch=cfg.arch, checkpoint=weights.description, seed=cfg.seed,
                            block=selected, skipped=skipped, unreadable=unreadable,
+                           conversions={k: v for k, v in conversions.items() if k in evaluation.ood_scores},
                            hyperparameters=evaluation.results["hyperparameters"], fit=fit_status,
                            benchmark=cfg.benchmark, groups=entry.groups, table_metrics=entry.table_metrics)
         evaluation.results = assemble_results(meta, names, evaluation.id_scores, evaluation.ood_scores,

@@ -75,6 +75,7 @@ class ResultsMeta:
     seed: int | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     unreadable: dict[str, int] = field(default_factory=dict)
+    conversions: dict[str, str] = field(default_factory=dict)  # OOD set -> how its channels were converted
     benchmark: str | None = None
     groups: Mapping[str, Sequence[str]] = field(default_factory=dict)  # e.g. OpenOOD's near and far
     table_metrics: Sequence[str] = DEFAULT_TABLE_METRICS
@@ -99,7 +100,8 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
     results: dict[str, Any] = {
         "id_dataset": meta.id_dataset, "arch": meta.arch, "id_accuracy": accuracy, "num_id": num_id,
         "checkpoint": meta.checkpoint, "seed": meta.seed, "block": meta.block, "convention": CONVENTION,
-        "skipped": meta.skipped, "unreadable": meta.unreadable, "benchmark": meta.benchmark,
+        "skipped": meta.skipped, "unreadable": meta.unreadable, "conversions": meta.conversions,
+        "benchmark": meta.benchmark,
         "table_metrics": list(meta.table_metrics),
         "groups": {g: [s for s in members if s in ood_scores] for g, members in meta.groups.items()},
         "hyperparameters": meta.hyperparameters,

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
+from .datasets import channel_conversion, match_channels
 
 
 def shard(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -72,8 +73,10 @@ class _Samples(Dataset):
     """``(path, label)`` samples as ``(image, label, local position, ok)``; an unreadable file gives ``ok=False``
     (and a zero image) when ``tolerant``, else its error."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, size: int, tolerant: bool):
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, size: int, tolerant: bool,
+                 channels: int = 3):
         self.samples, self.transform, self.size, self.tolerant = list(samples), transform, size, tolerant
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -87,7 +90,7 @@ class _Samples(Dataset):
         except Exception:  # any decoder error: missing, truncated, not an image, unsupported
             if not self.tolerant:
                 raise
-            return torch.zeros(3, self.size, self.size), label, i, False
+            return torch.zeros(self.channels, self.size, self.size), label, i, False
 
 
 class UnreadableImagesWarning(UserWarning):
@@ -106,15 +109,16 @@ def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED
 
 
 class ImageBatches:
-    """In-order ``(images (B, 3, S, S) float, labels (B,), index (B,))`` batches of this rank's share of a set.
+    """In-order ``(images (B, C, S, S) float, labels (B,), index (B,))`` batches of this rank's share of a set.
 
-    Give either ``images`` (N, 3, H, W) uint8 with ``labels``, read on the device exactly like the ID
+    Give either ``images`` (N, 1 or 3, H, W) uint8 with ``labels``, read on the device exactly like the ID
     test set, or ``samples`` ``[(path, label), ...]`` read by DataLoader workers with the evaluation
-    transform. ``subset`` (positions into the set) restricts and orders the set; ``index`` then counts
+    transform. Both come out in the config's ``channels``; ``conversion`` says how, when they were not. ``subset`` (positions into the set) restricts and orders the set; ``index`` then counts
     positions in ``subset``. The global ``batch_size`` (default ``eval_batch_size``) is split over ranks.
 
     Attributes:
         unreadable: paths this rank could not read (``tolerant`` sets only), filled during iteration.
+        conversion: how the images were brought to the config's channels, in words; None when they were not.
     """
 
     def __init__(self, cfg: Config, device: torch.device, *, images: torch.Tensor | None = None,
@@ -132,6 +136,11 @@ class ImageBatches:
         self.members = order[self.positions]  # this rank's images, as indices into the set
         self.cfg, self.device, self.name, self.tolerant = cfg, torch.device(device), name, tolerant
         self.batch_size = max(1, (batch_size or cfg.eval_batch_size) // world_size)
+        if images is not None:
+            self.conversion = channel_conversion(images.shape[1], cfg.channels)
+            images = match_channels(images, cfg.channels)
+        else:  # files are decoded to RGB, then to the config's channels (a gray file's pixels are kept)
+            self.conversion = channel_conversion(3, cfg.channels)
         self.images, self.labels, self.samples = images, labels, samples
         self.unreadable: list[str] = []
         self._warned = False  # unreadable files are reported once, on the first pass
@@ -167,7 +176,7 @@ class ImageBatches:
 
         cfg = self.cfg
         mine = [self.samples[i] for i in self.members.tolist()]
-        dataset = _Samples(mine, eval_transform(cfg), cfg.image_size, self.tolerant)
+        dataset = _Samples(mine, eval_transform(cfg), cfg.image_size, self.tolerant, cfg.channels)
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=cfg.num_workers,
                             pin_memory=self.device.type == "cuda")
         self.unreadable = []

@@ -18,7 +18,7 @@ code path. ``BENCHMARKS[name]`` holds:
   ``image_dirs`` for single sets kept elsewhere.
 
 The paper's sets (Yu et al., CVPR 2023, Tables 1-2): six far-OOD sets, then the other CIFAR set as
-near-OOD. ``imagenet_four`` (Huang & Li, CVPR 2021): ImageNet-1K against iNaturalist, SUN, Places
+near-OOD; for MNIST and Fashion-MNIST (not in the paper), each the other's test split. ``imagenet_four`` (Huang & Li, CVPR 2021): ImageNet-1K against iNaturalist, SUN, Places
 and Textures. OpenOOD v1.5 (Zhang et al., 2023, arXiv 2306.09301): for CIFAR, near-OOD CIFAR-100/10
 and TinyImageNet, far-OOD MNIST, SVHN, Textures and Places365; for ImageNet-1K, near-OOD SSB-hard
 and NINCO, far-OOD iNaturalist, Textures and OpenImage-O; all read from OpenOOD's image lists.
@@ -77,6 +77,9 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
             # no paper benchmark: the same far-OOD sets, and either CIFAR set when configured
             "digits": {"ood": (*PAPER_FAR_OOD, "cifar10", "cifar100")},
             "imagefolder": {"ood": (*PAPER_FAR_OOD, "cifar10", "cifar100")},
+            # not in the paper: the standard grayscale pair, each the other's OOD set (its test split)
+            "fashion_mnist": {"ood": ("mnist",)},
+            "mnist": {"ood": ("fashion_mnist",)},
         },
     },
     "imagenet_four": {

@@ -1,20 +1,25 @@
-"""ID datasets: CIFAR-10/100 (torchvision), any ImageFolder root, ImageNet-1K, and scikit-learn's bundled digits.
+"""ID datasets: CIFAR-10/100 (torchvision), MNIST and Fashion-MNIST (IDX files), any ImageFolder root,
+ImageNet-1K, and scikit-learn's bundled digits.
 
 How ``id_dataset`` is recognised (first rule that applies):
 
-1. the ``dataset`` key, when set (``cifar10``, ``cifar100``, ``digits``, ``imagefolder``, ``imagenet``);
-2. the names ``digits``, ``cifar10``, ``cifar100``: CIFAR then lives in ``<data_root>/<name>``;
+1. the ``dataset`` key, when set (``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``, ``digits``,
+   ``imagefolder``, ``imagenet``);
+2. the names ``digits``, ``cifar10``, ``cifar100``, ``mnist``, ``fashion_mnist``: CIFAR then lives in
+   ``<data_root>/<name>``; the IDX files are looked for under ``data_root`` as
+   :mod:`featurenorm.data.idx` says;
 3. a folder holding ``cifar-10-batches-py`` (CIFAR-10), ``cifar-100-python`` (CIFAR-100),
    ``train/`` and ``val/`` but no ``test/`` (ImageNet: ``train/<wnid>/``, ``val/<wnid>/``),
    or ``train/`` and ``test/`` class folders (ImageFolder);
-4. a folder whose name contains ``cifar100``/``cifar-100`` or ``cifar10``/``cifar-10``
-   (the place CIFAR is, or will be, downloaded to).
+4. a folder whose name contains ``cifar100``/``cifar-100``, ``cifar10``/``cifar-10`` (the place CIFAR
+   is, or will be, downloaded to), ``fashion`` and ``mnist`` (Fashion-MNIST), or ``mnist`` (MNIST).
 
 ImageNet is an ImageFolder whose test split is ``val/``; class ``i`` is the ``i``-th wnid in sorted
 order, which is the class order of torchvision's and timm's ImageNet-1K weights.
 
-Array datasets (CIFAR, digits) are returned as uint8 tensors ``(N, 3, H, W)`` so that the
-device-resident loader can hold them whole; ImageFolder data stays on disk.
+Array datasets (CIFAR, MNIST, digits) are returned as uint8 tensors ``(N, C, H, W)`` so that the
+device-resident loader can hold them whole, with the config's ``channels`` (:func:`match_channels`);
+ImageFolder data stays on disk and is read in that many channels.
 """
 from __future__ import annotations
 
@@ -30,13 +35,14 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..errors import UserError
+from .idx import IDX_KINDS, load_idx
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-DATASET_NAMES = ("cifar10", "cifar100", "digits", "imagefolder", "imagenet")
+DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "imagefolder", "imagenet")
 # The test split's folder of each folder dataset.
 TEST_FOLDERS = {"imagefolder": "test", "imagenet": "val"}
 CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "fashion_mnist": 10, "digits": 10, "imagenet": 1000}
 # Seeded subsamples of the training set for data sets too large to pass whole (ImageNet-1K has 1,281,167
 # training images): ``selection`` images for select_block.py (about 10 per class), ``fit`` images for the
 # methods that fit statistics (1%, the KNN paper's ImageNet setting: Sun et al., ICML 2022).
@@ -49,7 +55,7 @@ class Split:
     """One split of an ID dataset: in-memory arrays, an ImageFolder, or an image list on disk."""
 
     name: str                                # cifar10 | cifar100 | digits | imagefolder
-    images: Optional[torch.Tensor] = None    # (N, 3, H, W) uint8, array datasets only
+    images: Optional[torch.Tensor] = None    # (N, C, H, W) uint8, array datasets only
     labels: Optional[torch.Tensor] = None    # (N,) int64
     folder: Optional[Path] = None            # ImageFolder split root
     classes: Optional[list[str]] = None
@@ -75,10 +81,14 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
     if cfg.dataset is not None:
         if cfg.dataset not in DATASET_NAMES:
             raise UserError(f"config key 'dataset' must be one of {', '.join(DATASET_NAMES)}, got '{cfg.dataset}'")
+        if cfg.dataset in IDX_KINDS:
+            return cfg.dataset, Path(name) if name not in DATASET_NAMES else Path(cfg.data_root)
         root = Path(name) if name not in DATASET_NAMES else Path(cfg.data_root) / cfg.dataset
         return cfg.dataset, root
     if name == "digits":
         return "digits", Path(cfg.data_root)
+    if name in IDX_KINDS:
+        return name, Path(cfg.data_root)
     if name in ("cifar10", "cifar100", "imagenet"):  # by name: under data_root (or from a benchmark's lists)
         return name, Path(cfg.data_root) / name
     root = Path(name)
@@ -94,6 +104,8 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
         return "cifar100", root
     if "cifar10" in base:
         return "cifar10", root
+    if "mnist" in base:
+        return ("fashion_mnist" if "fashion" in base else "mnist"), root
     if root.is_dir():
         raise UserError(f"id_dataset '{root}' holds neither {CIFAR_FOLDERS['cifar10']}/, {CIFAR_FOLDERS['cifar100']}/ "
                         "nor train/ and test/ (or val/) class folders; fix the path or set the key 'dataset'")
@@ -118,14 +130,49 @@ def load_split(cfg: Config, train: bool) -> Split:
         split = load_digits(train, cfg.image_size)
     elif kind in CIFAR_FOLDERS:
         split = load_cifar(kind, root, train, cfg.download)
+    elif kind in IDX_KINDS:
+        images, labels = load_idx(kind, root, train, cfg.download)
+        split = Split(kind, images=images, labels=labels, classes=[str(i) for i in range(10)])
     else:
         split = load_imagefolder(root, train, kind)
+    if split.images is not None:
+        split.images = match_channels(split.images, cfg.channels)
     found = len(split.classes) if split.classes is not None else NUM_CLASSES[kind]
     if cfg.num_classes is not None and cfg.num_classes != found:
         where = kind if kind == "digits" else f"{kind} at '{root}'"  # digits is bundled: no folder to name
         raise UserError(f"num_classes is {cfg.num_classes} in the config but {where} has {found} classes; "
                         f"set num_classes to {found}")
     return split
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images (N, C, H, W) in ``channels`` channels: gray replicated to RGB, RGB to gray by
+    :func:`luma` (the conversion of PIL's ``convert("L")``, so arrays and image files agree)."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if have == 3 and channels == 1:
+        return luma(images)
+    raise ValueError(f"cannot convert {have}-channel images to {channels} channels")
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """RGB uint8 (N, 3, H, W) -> gray uint8 (N, 1, H, W): ITU-R 601-2 luma, L = 0.299 R + 0.587 G + 0.114 B,
+    in PIL's 16-bit fixed point with rounding."""
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64, device=images.device).view(1, 3, 1, 1)
+    return ((images.to(torch.int64) * weights).sum(1, keepdim=True) + (1 << 15)).div(1 << 16, rounding_mode="floor") \
+        .to(torch.uint8)
+
+
+def channel_conversion(have: int, channels: int) -> str | None:
+    """How images of ``have`` channels are read for a ``channels``-channel model, in words; None when as they are."""
+    if have == channels:
+        return None
+    if channels == 1:
+        return "RGB converted to grayscale (ITU-R 601-2 luma, as PIL's convert('L'))"
+    return "grayscale replicated to 3 channels"
 
 
 def num_classes_of(cfg: Config) -> int:

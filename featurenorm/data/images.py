@@ -1,4 +1,5 @@
-"""Reading images from folders: any size or mode to normalized RGB, unreadable files tolerated."""
+"""Reading images from folders: any size or mode to normalized RGB (or grayscale, ``channels: 1``),
+unreadable files tolerated."""
 from __future__ import annotations
 
 import os
@@ -65,13 +66,20 @@ def eval_transform(cfg: Config) -> Callable:
         geometry = [T.Resize(size, interpolation=interpolation), T.CenterCrop(size)]
     else:
         geometry = [T.Resize((size, size), interpolation=interpolation)]
-    return T.Compose([*geometry, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+    return T.Compose([*to_channels(cfg), *geometry, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
+def to_channels(cfg: Config) -> list[Callable]:
+    """The first transform steps: an RGB PIL image to the config's channels (grayscale by PIL's luma)."""
+    from torchvision import transforms as T
+
+    return [T.Grayscale(1)] if cfg.channels == 1 else []
 
 
 def train_transform(cfg: Config) -> Callable:
     from torchvision import transforms as T
 
-    steps = [T.Resize((cfg.image_size, cfg.image_size))]
+    steps = [*to_channels(cfg), T.Resize((cfg.image_size, cfg.image_size))]
     if cfg.crop_padding > 0:
         steps.append(T.RandomCrop(cfg.image_size, padding=cfg.crop_padding))
     if cfg.hflip:
@@ -95,7 +103,7 @@ class ImageListDataset(Dataset):
 
 
 class ArrayDataset(Dataset):
-    """uint8 ``(N, 3, H, W)`` images through a PIL-style transform (for ``"loader": "torch"``)."""
+    """uint8 ``(N, C, H, W)`` images (C 1 or 3) through a PIL-style transform (for ``"loader": "torch"``)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable):
         self.images, self.labels, self.transform = images, labels, transform
@@ -106,7 +114,9 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int):
         from PIL import Image
 
-        img = Image.fromarray(self.images[i].permute(1, 2, 0).numpy(), "RGB")
+        pixels = self.images[i]
+        img = Image.fromarray(pixels[0].numpy(), "L") if pixels.shape[0] == 1 else \
+            Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
         return self.transform(img), int(self.labels[i])
 
 

@@ -14,12 +14,15 @@ Kinds of source:
 - ``svhn``: the folder holding torchvision's ``test_32x32.mat`` (the SVHN test split);
 - ``cifar10`` / ``cifar100``: the folder holding torchvision's ``cifar-10-batches-py`` /
   ``cifar-100-python`` (the test split is scored);
+- ``mnist`` / ``fashion_mnist``: a folder holding the set's IDX files, found as
+  :mod:`featurenorm.data.idx` says (the test split, 10,000 images, is scored);
 - ``folder``: any folder of images, nested folders allowed; every other set, and also an
   ``svhn``/``cifar`` path that holds no such file but images;
 - ``imglist``: an image list (:mod:`featurenorm.data.imglist`); its paths are relative to
   ``image_dir``. Missing and unreadable listed files are skipped and counted, as in a folder.
 
-Every image goes through the ID test preprocessing: RGB, resized to ``image_size`` (as the
+Every image goes through the ID test preprocessing: the model's channels (``conversions`` in the
+results says when a set was converted), resized to ``image_size`` (as the
 benchmark's ``resize`` says), normalized with the config's ``mean``/``std``.
 
 Distributed runs shard every set *strided*: rank ``r`` of ``w`` scores the images
@@ -42,6 +45,7 @@ from ..errors import UserError
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry  # noqa: F401
 from .batches import ImageBatches, UnreadableImagesWarning, describe_unreadable  # noqa: F401
 from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, is_image_file, load_cifar
+from .idx import IDX_KINDS, find_idx_folder, load_idx
 SVHN_TEST_FILE = "test_32x32.mat"
 # Seed of the Places365 subsample: fixed, independent of the run's seed, so that every run
 # (and every method and checkpoint compared) scores the same images.
@@ -56,7 +60,7 @@ class OODSource:
 
     Attributes:
         name: ``svhn``, ``textures``, ..., or a custom name from ``--ood name=path``.
-        kind: ``svhn`` | ``cifar10`` | ``cifar100`` | ``folder`` | ``imglist``.
+        kind: ``svhn`` | ``cifar10`` | ``cifar100`` | ``mnist`` | ``fashion_mnist`` | ``folder`` | ``imglist``.
         path: the folder (for ``svhn``/``cifar*``: the one holding torchvision's files), or the
             list file of an ``imglist``.
         explicit: named on the command line (then problems raise instead of skipping the set).
@@ -112,6 +116,8 @@ def source_kind(name: str, path: Path) -> tuple[str, Path]:
             return name, path
         if path.name == batches and path.is_dir():
             return name, path.parent
+    if name in IDX_KINDS and path.is_dir() and find_idx_folder(name, path) is not None:
+        return name, path
     return "folder", path
 
 
@@ -158,7 +164,7 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
             skipped[name] = f"path {raw} is not a folder"
             continue
         by_name[name] = OODSource(name, kind, root, explicit=False)
-    if id_kind in configured and id_kind in CIFAR_FOLDERS:
+    if id_kind in configured and (id_kind in CIFAR_FOLDERS or id_kind in IDX_KINDS):
         skipped[id_kind] = f"{id_kind} is the ID dataset"
 
     seen_specs: set[str] = set()
@@ -279,6 +285,10 @@ def open_ood(source: OODSource, cfg: Config, device: torch.device | str, batch_s
     if source.kind in ("folder", "imglist"):
         samples = [(path, -1) for path in ood_paths(source, cfg)]
         return ImageBatches(cfg, torch.device(device), samples=samples, tolerant=True, **common)
-    images = load_svhn_test(source.path) if source.kind == "svhn" else \
-        load_cifar(source.kind, source.path, train=False, download=False).images
+    if source.kind == "svhn":
+        images = load_svhn_test(source.path)
+    elif source.kind in IDX_KINDS:
+        images = load_idx(source.kind, source.path, train=False)[0]
+    else:
+        images = load_cifar(source.kind, source.path, train=False, download=False).images
     return ImageBatches(cfg, torch.device(device), images=images, **common)

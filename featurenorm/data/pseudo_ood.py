@@ -10,11 +10,11 @@ A kind is a function registered under a name::
 
     kind(images, generator, *, mean, std, grid) -> pseudo
 
-- ``images``: (B, 3, H, W) float, normalized ID images (the evaluation transform), on any device.
+- ``images``: (B, C, H, W) float, normalized ID images (the evaluation transform), on any device.
 - ``generator``: a ``torch.Generator`` on the images' device; every random draw goes through it.
-- ``mean``, ``std``: the per-channel normalization (3 floats each), so that a kind can tell
+- ``mean``, ``std``: the per-channel normalization (one float per channel, or one for all), so that a kind can tell
   which values are valid pixels; ``grid``: the jigsaw grid. A kind ignores what it does not use.
-- returns (B, 3, H, W), same dtype and device, pseudo-image i made from ID image i (and, for
+- returns (B, C, H, W), same dtype and device, pseudo-image i made from ID image i (and, for
   ``mixup``, one other image of the batch).
 
 Add one with :func:`register_pseudo_ood`; its name then works in ``--pseudo-ood`` and ``pseudo_ood``.
@@ -104,7 +104,12 @@ def make_pseudo_ood(kind: str, images: torch.Tensor, generator: torch.Generator,
 
 
 def _channel_view(values: Sequence[float], images: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(list(values), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    """Per-channel ``values`` as (1, C, 1, 1) for images (B, C, H, W); one value stands for every channel."""
+    values = list(values)
+    if len(values) not in (1, images.shape[1]):
+        raise ValueError(f"{len(values)} normalization values for {images.shape[1]}-channel images; give one per "
+                         "channel")
+    return torch.as_tensor(values, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
 
 
 # ------------------------------------------------------------------------------------------ the kinds

@@ -55,13 +55,14 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet. ``width`` multiplies every channel count (1.0: 64-128-256-512)."""
+    """CIFAR ResNet. ``width`` multiplies every channel count (1.0: 64-128-256-512); ``in_channels``: of the images."""
 
-    def __init__(self, block: type, num_blocks: list[int], num_classes: int = 10, width: float = 1.0):
+    def __init__(self, block: type, num_blocks: list[int], num_classes: int = 10, width: float = 1.0,
+                 in_channels: int = 3):
         super().__init__()
         widths = [scaled(c, width) for c in (64, 128, 256, 512)]
         self.in_planes = widths[0]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.layer1 = self._make_layer(block, widths[0], num_blocks[0], 1)
         self.layer2 = self._make_layer(block, widths[1], num_blocks[1], 2)
@@ -89,15 +90,15 @@ class ResNet(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(num_classes: int = 10, width: float = 1.0, **_) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width)
+def resnet18(num_classes: int = 10, width: float = 1.0, in_channels: int = 3, **_) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width, in_channels)
 
 
 @register_model("resnet34")
-def resnet34(num_classes: int = 10, width: float = 1.0, **_) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, width)
+def resnet34(num_classes: int = 10, width: float = 1.0, in_channels: int = 3, **_) -> ResNet:
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, width, in_channels)
 
 
 @register_model("resnet50")
-def resnet50(num_classes: int = 10, width: float = 1.0, **_) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width)
+def resnet50(num_classes: int = 10, width: float = 1.0, in_channels: int = 3, **_) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width, in_channels)

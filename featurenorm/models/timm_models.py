@@ -53,7 +53,7 @@ class TimmClassifier(nn.Module):
 
 
 def build_timm(name: str, num_classes: int, pretrained: bool = False, width: float = 1.0, weights: str | None = None,
-               download: bool = False, **options) -> TimmClassifier:
+               download: bool = False, in_channels: int = 3, **options) -> TimmClassifier:
     """timm's ``create_model``; ``pretrained`` downloads through timm's own hub cache (``download`` is not consulted)."""
     import timm
 
@@ -63,7 +63,7 @@ def build_timm(name: str, num_classes: int, pretrained: bool = False, width: flo
         raise UserError("config key 'weights' names torchvision weights; for timm put the pretrained tag in the "
                         "name, e.g. timm/resnet50.a1_in1k")
     try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **options)
+        net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **options)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise UserError(f"unknown timm model '{name}'; list them with python -c 'import timm; print(timm.list_models())'") from None

@@ -102,7 +102,8 @@ def _weights_only_loads() -> Iterator[None]:
 
 
 def build_torchvision(name: str, num_classes: int | None = None, pretrained: bool = False, width: float = 1.0,
-                      weights: str | None = None, download: bool = False, **_: Any) -> nn.Module:
+                      weights: str | None = None, download: bool = False, in_channels: int = 3,
+                      **_: Any) -> nn.Module:
     """torchvision's ``get_model(name)``: random init, or the weights ``weights`` when ``pretrained``.
 
     Args:
@@ -112,6 +113,8 @@ def build_torchvision(name: str, num_classes: int | None = None, pretrained: boo
     """
     from torchvision import models
 
+    if in_channels != 3:
+        raise UserError(f"torchvision/{name} takes RGB images; set channels 3 to replicate the gray channel")
     if width != 1.0:
         raise UserError("config key 'width' applies only to featurenorm's own architectures; remove it for "
                         "torchvision models")

@@ -20,11 +20,11 @@ CFGS = {
 
 class VGG(nn.Module):
     def __init__(self, cfg: list, num_classes: int = 10, width: float = 1.0, batch_norm: bool = False,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, in_channels: int = 3):
         super().__init__()
         layers: list[nn.Module] = []
         self.block_names = []
-        in_ch = 3
+        in_ch = in_channels
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
@@ -56,8 +56,9 @@ class VGG(nn.Module):
 
 def _register(name: str) -> None:
     @register_model(name)
-    def build(num_classes: int = 10, width: float = 1.0, batch_norm: bool = False, **_) -> VGG:
-        return VGG(CFGS[name], num_classes, width, batch_norm)
+    def build(num_classes: int = 10, width: float = 1.0, batch_norm: bool = False, in_channels: int = 3,
+              **_) -> VGG:
+        return VGG(CFGS[name], num_classes, width, batch_norm, in_channels=in_channels)
 
 
 for _name in CFGS:

@@ -44,13 +44,13 @@ class PreActBlock(nn.Module):
 
 class WideResNet(nn.Module):
     def __init__(self, depth: int = 28, widen: int = 10, num_classes: int = 10, width: float = 1.0,
-                 dropout: float = 0.0, **_):
+                 dropout: float = 0.0, in_channels: int = 3, **_):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise UserError(f"WideResNet depth must be 6n+4 (e.g. 16, 22, 28, 40), got {depth}")
         n = (depth - 4) // 6
         channels = [scaled(16, width)] + [scaled(c * widen, width) for c in (16, 32, 64)]
-        self.conv1 = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)
         in_planes = channels[0]
         for stage, (planes, stride) in enumerate(zip(channels[1:], (1, 2, 2)), 1):
             blocks = []
