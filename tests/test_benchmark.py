@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from featurenorm import benchmark
-from featurenorm.benchmark import FIGURES, format_table, measure_pair, target_met, target_text
+from featurenorm import benchmark, timing
+from featurenorm.benchmark import FIGURES, format_table, target_met, target_text
+from featurenorm.timing import measure_pair
 from featurenorm.config import Config
 from featurenorm.methods import build_method, method_names
 
@@ -74,7 +75,7 @@ def test_measure_pair_takes_the_median_of_interleaved_ratios(monkeypatch):
         calls.append("b")
         clock[0] += next(baseline_costs)
 
-    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
     result = measure_pair(measured, baseline, measured_images=10, baseline_images=20, repeats=4, warmup=2,
                           device=benchmark.torch.device("cpu"))
     # warm-up m b m b; then the order alternates: m b, b m, m b, b m

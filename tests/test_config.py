@@ -137,7 +137,7 @@ def test_missing_required_key(tmp_path, missing):
     ({"num_classes": 1}, "config key 'num_classes' must be at least 2, got 1"),
     ({"gamma": 1.5}, "config key 'gamma' must be in (0, 1], got 1.5"),
     ({"react_percentile": 100}, "config key 'react_percentile' must be in [0, 100), got 100.0"),
-    ({"mean": [0.5, 0.5]}, "config key 'mean' must have 3 values (R, G, B)"),
+    ({"mean": [0.5, 0.5]}, "config key 'mean' must have one value per channel: 3 for channels 3, got 2"),
     ({"std": [0.5, 0, 0.5]}, "config key 'std' must be positive"),
     ({"loader": "fast"}, "config key 'loader' must be one of auto, gpu, torch, got 'fast'"),
     ({"amp": "fp8"}, "config key 'amp' must be one of auto, bf16, fp16, fp32, got 'fp8'"),

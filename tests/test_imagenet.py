@@ -264,7 +264,7 @@ def test_imagenet_layout_is_recognised_and_needs_its_benchmark(tmp_path, capsys)
     config = imagenet_config(tmp_path / "p.json", "torchvision/resnet18", keys, tmp_path / "run", benchmark="paper")
     assert run_cli(eval_main, ["--config", str(config), "--checkpoint", "none", "--methods", "msp"]) == 2
     assert capsys.readouterr().err == ("error: benchmark 'paper' has no ID dataset 'imagenet'; it defines cifar10, "
-                                       "cifar100, digits, imagefolder: set id_dataset to one of them, or set benchmark "
+                                       "cifar100, digits, imagefolder, fashion_mnist, mnist: set id_dataset to one of them, or set benchmark "
                                        "to imagenet_four or openood_v1.5\n")
 
 

@@ -28,7 +28,7 @@ def _read_log(save_dir: Path) -> list[dict[str, Any]]:
 def _timed_forward(model: torch.nn.Module, batches: Sequence[torch.Tensor], amp: torch.dtype | None,
                    device: torch.device) -> float:
     """Seconds of a bare ``model(x)`` over ``batches`` (inference mode, ``amp``), after one warm-up batch."""
-    from ..benchmark import timed
+    from ..timing import timed
     from ..runtime import autocast
 
     def forward(items: Sequence[torch.Tensor]) -> None:

@@ -83,8 +83,8 @@ def test_dataset_key_overrides_recognition(tmp_path, make_cifar):
     assert resolve_id_dataset(config(tmp_path / "plain", dataset="cifar100")) == ("cifar100", tmp_path / "plain")
     assert resolve_id_dataset(config(tmp_path / "x", dataset="digits")) == ("digits", tmp_path / "x")
     assert resolve_id_dataset(config("cifar10", dataset="cifar10", data_root="/r")) == ("cifar10", Path("/r/cifar10"))
-    with pytest.raises(UserError, match=r"config key 'dataset' must be one of cifar10, cifar100, digits, "
-                                        r"imagefolder, imagenet, got 'svhn'"):
+    with pytest.raises(UserError, match=r"config key 'dataset' must be one of cifar10, cifar100, mnist, "
+                                        r"fashion_mnist, digits, imagefolder, imagenet, got 'svhn'"):
         resolve_id_dataset(config(tmp_path, dataset="svhn"))
 
 
