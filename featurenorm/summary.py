@@ -18,7 +18,9 @@ from .errors import UserError
 from .results import AVERAGE
 
 METRICS = ("fpr95", "auroc")
-METRIC_LABELS = {"fpr95": "FPR95", "auroc": "AUROC"}
+METRIC_LABELS = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}
+_BETTER = {"fpr95": "lower is better", "auroc": "higher is better", "aupr_in": "higher is better",
+           "aupr_out": "higher is better"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunsSummary:
         datasets: the OOD sets summarized (common to all runs), in benchmark order.
         methods: method name -> :class:`MethodSummary`, in first-seen order.
         warnings: one-line messages for stderr (runs that differ).
+        metrics: the metrics summarized, in column order.
     """
 
     n_runs: int
@@ -75,6 +78,7 @@ class RunsSummary:
     datasets: list[str]
     methods: dict[str, MethodSummary]
     warnings: list[str] = field(default_factory=list)
+    metrics: tuple[str, ...] = METRICS
 
 
 def load_results_files(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -117,12 +121,14 @@ def _distinct(values: Sequence[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
-def summarize_results(results: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> RunsSummary:
-    """Mean ± sample std, in percent, of every method's FPR95 and AUROC over runs.
+def summarize_results(results: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None,
+                      metrics: Sequence[str] = METRICS) -> RunsSummary:
+    """Mean ± sample std, in percent, of every method's metrics (FPR95 and AUROC unless told) over runs.
 
     Args:
         results: parsed ``ood_results.json`` dicts, one per run.
         names: labels of the runs for messages (e.g. their paths); defaults to ``run 1`` … .
+        metrics: keys of :data:`METRIC_LABELS`, in column order.
 
     Only the OOD sets present in every run are summarized (a warning says so when runs
     differ). A method missing from some runs is summarized over the runs that have it (its
@@ -131,6 +137,9 @@ def summarize_results(results: Sequence[Mapping[str, Any]], names: Sequence[str]
     """
     if not results:
         raise UserError("no results to summarize")
+    unknown = [m for m in metrics if m not in METRIC_LABELS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics must be some of {', '.join(METRIC_LABELS)}, got {list(metrics)}")
     names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(results))]
     warnings = []
     for key in ("id_dataset", "arch"):
@@ -156,7 +165,7 @@ def summarize_results(results: Sequence[Mapping[str, Any]], names: Sequence[str]
         if len(runs) < len(results):
             partial.append(f"{method} ({len(runs)} of {len(results)})")
         per_dataset: dict[str, dict[str, MeanStd]] = {}
-        for metric in METRICS:
+        for metric in metrics:
             # values[run][dataset], in percent
             values = [[_metric_percent(r, name, method, d, metric) for d in common] for name, r in runs]
             for j, dataset in enumerate(common):
@@ -170,7 +179,7 @@ def summarize_results(results: Sequence[Mapping[str, Any]], names: Sequence[str]
     return RunsSummary(n_runs=len(results),
                        id_datasets=_distinct([str(r.get("id_dataset")) for r in results]),
                        archs=_distinct([str(r.get("arch")) for r in results]),
-                       datasets=common, methods=methods, warnings=warnings)
+                       datasets=common, methods=methods, warnings=warnings, metrics=tuple(metrics))
 
 
 def _columns(summary: RunsSummary) -> list[str]:
@@ -191,10 +200,11 @@ def format_summary(summary: RunsSummary, fmt: str = "md") -> str:
 
 
 def _format_md(summary: RunsSummary) -> str:
-    header = ["method", "n"] + [f"{d} {METRIC_LABELS[m]}" for d in _columns(summary) for m in METRICS]
+    header = ["method", "n"] + [f"{d} {METRIC_LABELS[m]}" for d in _columns(summary) for m in summary.metrics]
+    described = [f"{METRIC_LABELS[m]} ({_BETTER[m]})" for m in summary.metrics]
+    listing = " and ".join(described) if len(described) <= 2 else ", ".join(described[:-1]) + " and " + described[-1]
     lines = [
-        f"{'/'.join(summary.id_datasets)} vs OOD, arch {'/'.join(summary.archs)}: FPR95 (lower is better) and "
-        f"AUROC (higher is better) in %, mean ± std over the n runs (sample std, ddof=1; 0 when n=1); "
+        f"{'/'.join(summary.id_datasets)} vs OOD, arch {'/'.join(summary.archs)}: {listing} in %, mean ± std over the n runs (sample std, ddof=1; 0 when n=1); "
         f"{summary.n_runs} result file(s); average = mean over the OOD sets shown",
         "",
         "| " + " | ".join(header) + " |",
@@ -203,7 +213,7 @@ def _format_md(summary: RunsSummary) -> str:
     for method, ms in summary.methods.items():
         cells = [method, str(ms.n)]
         for dataset in _columns(summary):
-            for metric in METRICS:
+            for metric in summary.metrics:
                 stat = ms.stats[dataset][metric]
                 cells.append(f"{stat.mean:.2f} ± {stat.std:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -213,12 +223,12 @@ def _format_md(summary: RunsSummary) -> str:
 def _format_csv(summary: RunsSummary) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "n"] + [f"{d}_{m}_{s}" for d in _columns(summary) for m in METRICS
+    writer.writerow(["method", "n"] + [f"{d}_{m}_{s}" for d in _columns(summary) for m in summary.metrics
                                        for s in ("mean", "std")])
     for method, ms in summary.methods.items():
         row: list[str] = [method, str(ms.n)]
         for dataset in _columns(summary):
-            for metric in METRICS:
+            for metric in summary.metrics:
                 stat = ms.stats[dataset][metric]
                 row += [f"{stat.mean:.4f}", f"{stat.std:.4f}"]
         writer.writerow(row)
