@@ -38,6 +38,9 @@ CRITERIA = {
     "norm_ratio": "the block with the largest NormRatio of ID images to their jigsaw puzzles (the paper's rule)",
     "auroc": "the block whose FeatureNorm best separates ID images from their jigsaw puzzles (AUROC)",
     "mean_rank": "the block with the best rank by ID-vs-pseudo-OOD AUROC, averaged over the pseudo-OOD kinds",
+    "mean_auroc": "the block whose FeatureNorm separates ID images from the pseudo-OOD kinds best on average "
+                  "(ID-vs-kind AUROC, mean over the kinds)",
+    "min_auroc": "the block whose worst ID-vs-pseudo-OOD AUROC over the kinds is the highest",
 }
 
 

@@ -61,7 +61,7 @@ def bar_figure_size(num_blocks: int, panels: int = 1) -> tuple[float, float]:
 
 def _kind_figures(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
     """``{kind: (num_blocks,) float}`` of one per-kind figure (``norm_ratio`` or ``auroc``); NaN where missing."""
-    from featurenorm.selection import row_kinds
+    from featurenorm.criteria import row_kinds
 
     kinds = list(row_kinds(rows[0])) if rows else []
     return {kind: np.array([np.nan if row_kinds(row).get(kind, {}).get(key) is None
@@ -173,7 +173,7 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
 def _draw_kind_aurocs(ax, names: Sequence[str], aurocs: Mapping[str, np.ndarray],
                       ratios: Mapping[str, np.ndarray], selected_at: int | None) -> None:
     """One line per pseudo-OOD kind: the ID-vs-kind AUROC at each block, its NormRatio in the legend's range."""
-    from featurenorm.selection import WEAK_AUROC
+    from featurenorm.criteria import WEAK_AUROC
 
     positions = np.arange(len(names))
     for number, (kind, values) in enumerate(aurocs.items()):

@@ -278,9 +278,9 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
 
     Args:
         rows: from :func:`featurenorm.selection.summarize_blocks`.
-        selected: from :func:`featurenorm.selection.choose_block` (or its index); None marks nothing.
+        selected: from :func:`featurenorm.criteria.choose_block` (or its index); None marks nothing.
     """
-    from featurenorm.selection import row_kinds
+    from featurenorm.criteria import row_kinds
 
     selected_index = selected["index"] if isinstance(selected, dict) else selected
     header = [" ", "index", "block", "shape", "id norm", "jigsaw norm", "NormRatio", "AUROC"]
@@ -310,7 +310,7 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
 
 
 def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
-    from featurenorm.selection import average_auroc_ranks, row_kinds
+    from featurenorm.criteria import average_auroc_ranks, row_kinds
 
     ranks = average_auroc_ranks(rows)
     header = [" ", "index", "block"] + list(kinds) + ["mean rank"]

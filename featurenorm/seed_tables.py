@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from .config import CRITERIA
 from .errors import UserError
 from .results import AVERAGE
-from .selection import choose_block
+from .criteria import choose_block
 from .summary import MeanStd, RunsSummary, format_summary, mean_std, summarize_results
 
 

@@ -1,4 +1,5 @@
-"""Tables over seeds (featurenorm/seed_tables.py) and the MNIST-family scripts, on hand-made runs."""
+"""Tables over seeds (featurenorm/seed_tables.py), the MNIST-family scripts and the block-selection study
+(featurenorm/block_study.py), on hand-made runs."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from featurenorm.block_study import evidence, model_row, recommend, run_study, spearman
 from featurenorm.errors import UserError
 from featurenorm.seed_tables import block_table, choice_rows, choice_table, read_run, write_family_summary
 from featurenorm.summary import format_summary, summarize_results
@@ -157,3 +159,56 @@ def test_make_synthetic_ood_writes_the_four_sets(tmp_path):
     assert done.stdout.split() == [f"{name}={tmp_path / name}" for name in
                                    ("photos", "letters", "gaussian_noise", "uniform_noise")]
     assert len(list((tmp_path / "photos").glob("*.png"))) == 3
+
+def test_spearman_hand_numbers_ties_and_constants():
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (1, 2, 3) against (1.5, 1.5, 3): Pearson of the ranks = 0.8660...
+    assert spearman([1, 2, 3], [5, 5, 9]) == pytest.approx(math.sqrt(3) / 2)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(spearman([1, float("nan"), 2], [1, 2, 3]))
+
+
+@pytest.fixture
+def study_runs(tmp_path):
+    # dev 0: real best b1; norm_ratio picks b2 (gap 20), auroc (jigsaw) b1 (0), mean_auroc b1 (0)
+    dev0 = write_run(tmp_path / "dev0", selection([0.9, 1.0, 1.1], [0.2, 0.7, 0.6], [0.8, 0.7, 0.1]),
+                     results([0.60, 0.90, 0.70], 0.9, 0.5))
+    # dev 1: real best b2; norm_ratio b0 (15), auroc b2 (0), mean_rank b2 (0)
+    dev1 = write_run(tmp_path / "dev1", selection([1.3, 1.0, 1.1], [0.5, 0.4, 0.9], [0.3, 0.2, 0.8]),
+                     results([0.80, 0.50, 0.95], 0.9, 0.5))
+    held = write_run(tmp_path / "held", selection([1.0, 1.2, 1.1], [0.9, 0.3, 0.4], [0.9, 0.1, 0.2]),
+                     results([0.50, 0.55, 0.90], 0.9, 0.5))
+    return dev0, dev1, held
+
+
+def test_each_model_row_holds_picks_gaps_and_correlations(study_runs):
+    row = model_row(read_run(study_runs[0]), "development")
+    assert row.best_block == "b1" and row.best_auroc == pytest.approx(90.0)
+    assert row.picks["norm_ratio"] == "b2" and row.gaps["norm_ratio"] == pytest.approx(20.0)
+    assert row.picks["auroc"] == "b1" and row.gaps["auroc"] == 0.0
+    assert row.last_block_gap == pytest.approx(20.0)
+    # jigsaw AUROC (0.2, 0.7, 0.6) vs real (60, 90, 70): identical ranks -> 1; noise (0.8, 0.7, 0.1): ranks 3,2,1 vs 1,3,2
+    assert row.correlations["jigsaw AUROC"] == pytest.approx(1.0)
+    assert row.correlations["noise AUROC"] == pytest.approx(-0.5)
+    assert list(evidence(read_run(study_runs[0]))) == ["jigsaw NormRatio", "jigsaw AUROC", "noise NormRatio",
+                                                       "noise AUROC"]
+
+
+def test_the_recommendation_uses_the_development_models_only(study_runs):
+    dev = [model_row(read_run(f), "development") for f in study_runs[:2]]
+    held = model_row(read_run(study_runs[2]), "held-out")
+    # development mean gaps: norm_ratio 17.5, auroc 0, mean_rank (b1, b2) 0, mean_auroc (b1, b2) 0: auroc first
+    assert recommend(dev + [held]) == "auroc"
+    assert held.gaps["auroc"] == pytest.approx(40.0)  # picks b0 on the held-out model; the table reports it
+    with pytest.raises(ValueError, match="no development models"):
+        recommend([held])
+
+
+def test_run_study_writes_tables_and_plot(study_runs, tmp_path):
+    report = run_study(study_runs[:2], study_runs[2:], tmp_path / "out")
+    assert report["recommended"] == "auroc"
+    text = (tmp_path / "out" / "study.md").read_text()
+    assert "| auroc (recommended) | 0.00 ± 0.00 | 40.00 ± 0.00 | 40.00 (held) |" in text
+    assert "| norm_ratio | 17.50 ± 3.54 |" in text
+    assert json.loads((tmp_path / "out" / "study.json").read_text())["models"][2]["part"] == "held-out"
+    assert (tmp_path / "out" / "evidence.png").stat().st_size > 0

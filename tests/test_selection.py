@@ -12,8 +12,8 @@ from featurenorm.models import build_model
 from featurenorm.data.pseudo_ood import kind_generator, make_pseudo_ood
 from featurenorm.metrics import auroc as _auroc  # the one AUROC, also behind every block row
 from featurenorm.report import format_block_table
-from featurenorm.selection import (average_auroc_ranks, choose_block, norm_ratio, select_block, selection_warnings,
-                                   summarize_blocks)
+from featurenorm.criteria import average_auroc_ranks, choose_block, criterion_values, selection_warnings
+from featurenorm.selection import norm_ratio, select_block, summarize_blocks
 
 
 def test_norm_ratio_hand_numbers():
@@ -175,6 +175,29 @@ def test_mean_rank_is_the_average_rank_over_kinds():
     assert choose_block(rows, "auroc") == {"index": 0, "name": "block0"}  # the jigsaw alone
     with pytest.raises(ValueError, match="combines several pseudo-OOD kinds"):
         choose_block(kind_rows({"jigsaw": [0.9, 0.8]}), "mean_rank")
+
+
+def test_mean_and_min_auroc_over_kinds_hand_numbers():
+    # disagreeing kinds: the jigsaw prefers block0, noise block2, blur block1
+    rows = kind_rows({"jigsaw": [0.9, 0.6, 0.5], "noise": [0.2, 0.7, 0.95], "blur": [0.7, 0.8, 0.6]})
+    # means 1.8/3 = 0.6, 2.1/3 = 0.7, 2.05/3; minima 0.2, 0.6, 0.5
+    assert criterion_values(rows, "mean_auroc") == pytest.approx([0.6, 0.7, 2.05 / 3])
+    assert criterion_values(rows, "min_auroc") == pytest.approx([0.2, 0.6, 0.5])
+    assert choose_block(rows, "mean_auroc") == choose_block(rows, "min_auroc") == {"index": 1, "name": "block1"}
+
+
+def test_mean_and_min_auroc_with_one_kind_ties_and_nan():
+    one = kind_rows({"jigsaw": [0.55, 0.8, 0.7]})
+    assert criterion_values(one, "mean_auroc") == criterion_values(one, "min_auroc") == pytest.approx([0.55, 0.8, 0.7])
+    tied = kind_rows({"jigsaw": [0.6, 0.8, 0.8], "noise": [0.9, 0.7, 0.7]})
+    assert choose_block(tied, "mean_auroc") == {"index": 0, "name": "block0"}  # 0.75, 0.75, 0.75: the first wins
+    assert choose_block(tied, "min_auroc") == {"index": 1, "name": "block1"}  # 0.6, 0.7, 0.7
+    nan = kind_rows({"jigsaw": [0.9, float("nan"), 0.6], "noise": [0.9, 1.0, 0.7]})
+    values = criterion_values(nan, "mean_auroc")
+    assert values[0] == pytest.approx(0.9) and math.isnan(values[1]) and values[2] == pytest.approx(0.65)
+    assert choose_block(nan, "min_auroc") == {"index": 0, "name": "block0"}  # block1's NaN never wins
+    notes = selection_warnings(kind_rows({"jigsaw": [0.5, 0.55], "noise": [0.52, 0.58]}), "mean_auroc")
+    assert len(notes) == 1 and "jigsaw 0.55, noise 0.58" in notes[0]  # it reads every kind
 
 
 def test_weak_evidence_and_disagreement_warnings():
