@@ -18,6 +18,8 @@ import torch
 from featurenorm import gpu_check
 from featurenorm.gpu_check import TINY, relative_difference
 
+pytestmark = pytest.mark.integration  # runs scripts/gpu_check.sh end to end (about 25 s)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_BLOCKS = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 

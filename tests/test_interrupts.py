@@ -29,7 +29,7 @@ RECIPE = ["--config", "conf/digits.json", "--set", "width=0.0625", "--set", "epo
 STEPS_PER_EPOCH = 23
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration]  # subprocess trainings, signals
 
 
 def train_command(save_path: Path, *extra: str) -> list[str]:
