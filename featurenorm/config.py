@@ -49,80 +49,78 @@ class Config:
     """Every key a config file may hold. Defaults follow the paper's ResNet-18 CIFAR-10 recipe."""
 
     # --- model
-    arch: str = "resnet18"
-    width: float = 1.0
-    num_classes: int | None = None
-    pretrained: bool = False
-    weights: str | None = None  # torchvision weights enum member (IMAGENET1K_V1, ...); None: DEFAULT
-    blocks: list[str] | None = None
+    arch: str = "resnet18"  # resnet18/34/50, wrn28_10, wrn{depth}_{widen}, vgg11/13/16, timm/<name>, torchvision/<name>
+    width: float = 1.0  # channel multiplier for our own architectures (tiny models for tests and CPU)
+    num_classes: int | None = None  # None: from the data; when set, checked against the data set
+    pretrained: bool = False  # timm, torchvision: start from their weights (timm downloads; torchvision: hub cache)
+    weights: str | None = None  # torchvision weights enum member (IMAGENET1K_V1, ...), also the preprocessing; None: DEFAULT
+    blocks: list[str] | None = None  # the modules select_block.py scores; None: the model's own list
     # --- ID data
-    id_dataset: str = ""
-    dataset: str | None = None
-    # None: the ID data's own (1 for mnist, fashion_mnist; else 3); 3 on gray data replicates the gray channel
-    channels: int | None = None
-    data_root: str = "./data"
-    download: bool = False
-    # torchvision archs: image_size, resize_size, mean, std and interpolation default to the weights' own
-    image_size: int = 32
-    resize_size: int | None = None  # None: stretch to image_size; else shorter side, then a center crop
-    interpolation: str = "bilinear"
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # one per channel
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    crop_padding: int = 4
-    hflip: bool = True
+    id_dataset: str = ""  # digits, mnist, fashion_mnist, cifar10, cifar100, or a folder (recognised as below)
+    dataset: str | None = None  # force cifar10, cifar100, mnist, fashion_mnist, digits, imagefolder or imagenet
+    channels: int | None = None  # None: the ID data's own (1 for mnist, fashion_mnist; else 3); 3 on gray data repeats it
+    data_root: str = "./data"  # where the data sets given by name live
+    download: bool = False  # let torchvision fetch missing data (md5-checked) and pretrained weights (hash-checked)
+    image_size: int = 32  # input size; evaluated images are resized (or cropped) to it. torchvision: the weights' crop
+    resize_size: int | None = None  # None: stretch to image_size; else shorter side to it, then a center crop
+    interpolation: str = "bilinear"  # the evaluation resize; torchvision archs: the weights' own
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # normalization, one per channel (the paper's)
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # normalization, one per channel
+    crop_padding: int = 4  # random-crop padding for training (0: off)
+    hflip: bool = True  # random horizontal flip for training
     # --- training
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    milestones: list[int] | None = None  # None: at 50%, 75% and 90% of epochs ([50, 75, 90] for 100)
-    gamma: float = 0.1
-    seed: int = 0
+    epochs: int = 100  # training epochs
+    batch_size: int = 128  # global batch, split across torchrun processes
+    lr: float = 0.1  # SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    nesterov: bool = False  # Nesterov momentum
+    milestones: list[int] | None = None  # MultiStepLR epochs; None: 50%, 75% and 90% of epochs ([50, 75, 90] for 100)
+    gamma: float = 0.1  # MultiStepLR factor
+    seed: int = 0  # model init, data order, augmentation, selection subsample, puzzles and pseudo-OOD
     # --- execution
-    device: str = "auto"
-    loader: str = "auto"
-    num_workers: int = 2
-    amp: str = "auto"
-    channels_last: bool = False  # off unless asked: measured slower, or hanging, on some CPUs (README, Performance)
-    compile: bool = False
-    eval_batch_size: int = 256
-    save_path: str = ""
+    device: str = "auto"  # auto (CUDA if available, else CPU), cpu, cuda, cuda:N
+    loader: str = "auto"  # gpu: uint8 data on the device, batched augmentation (CIFAR, digits); torch: DataLoader
+    num_workers: int = 2  # DataLoader workers (the torch loader and OOD folders)
+    amp: str = "auto"  # auto: bf16 autocast on GPUs that support it
+    channels_last: bool = False  # off unless asked: measured slower, or hanging, on some CPUs (Performance)
+    compile: bool = False  # torch.compile the training model
+    eval_batch_size: int = 256  # batch size for selection and evaluation
+    save_path: str = ""  # the run folder
     stop_grace_seconds: float = 30.0  # after SIGINT/SIGTERM, how long a training step may take to finish and save
     # --- block selection
-    jigsaw_grid: int = 3
-    selection_samples: int | None = None  # None: all, or the dataset's default subsample (ImageNet)
-    fit_samples: int | None = None  # ID-train images the fitted methods read; None: as for selection_samples
-    criterion: str = "norm_ratio"
-    pseudo_ood: list[str] = field(default_factory=lambda: ["jigsaw"])
+    jigsaw_grid: int = 3  # puzzle grid (grid x grid tiles)
+    selection_samples: int | None = None  # default of --num-samples; None: all, or the data set's subsample (ImageNet)
+    fit_samples: int | None = None  # ID-train images the fitted methods read (seed 0); None: as selection_samples
+    criterion: str = "norm_ratio"  # default of --criterion
+    pseudo_ood: list[str] = field(default_factory=lambda: ["jigsaw"])  # default of --pseudo-ood, the jigsaw among them
     # --- OOD benchmark folders (None: not configured)
-    svhn: str | None = None
-    textures: str | None = None
-    lsun: str | None = None
-    lsun_resize: str | None = None
-    isun: str | None = None
-    places365: str | None = None
-    cifar10: str | None = None
-    cifar100: str | None = None
-    inaturalist: str | None = None
-    sun: str | None = None
-    places: str | None = None
+    svhn: str | None = None  # the folder holding SVHN's test_32x32.mat
+    textures: str | None = None  # the DTD images folder
+    lsun: str | None = None  # the LSUN-C folder
+    lsun_resize: str | None = None  # the LSUN-R folder
+    isun: str | None = None  # the iSUN folder
+    places365: str | None = None  # the Places365 folder (subsampled)
+    cifar10: str | None = None  # CIFAR-10, near-OOD when it is not the ID set
+    cifar100: str | None = None  # CIFAR-100, near-OOD when it is not the ID set
+    inaturalist: str | None = None  # the iNaturalist folder of benchmark imagenet_four
+    sun: str | None = None  # the SUN folder of benchmark imagenet_four
+    places: str | None = None  # the Places folder of benchmark imagenet_four
     mnist: str | None = None  # the folder of MNIST's IDX files (featurenorm.data.idx); its test split is scored
     fashion_mnist: str | None = None  # the same for Fashion-MNIST
-    places365_samples: int = 10000
+    places365_samples: int = 10000  # Places365 subsample size (seed 0; benchmark paper)
     # --- benchmark: which table of data sets (featurenorm.data.benchmarks) a run scores
-    benchmark: str = DEFAULT_BENCHMARK
-    openood_root: str | None = None
+    benchmark: str = DEFAULT_BENCHMARK  # paper (CIFAR, MNIST, digits, ImageFolder), imagenet_four, openood_v1.5
+    openood_root: str | None = None  # OpenOOD's data folder (benchmark_imglist/, images_classic/); for openood_v1.5
     # --- method hyperparameters
-    odin_temperature: float = 1000.0
-    odin_epsilon: float = 0.0014
-    energy_temperature: float = 1.0
-    react_percentile: float = 90.0
-    dice_sparsity: float = 90.0
-    ash_percentile: float = 90.0
-    knn_k: int = 50
-    vim_dim: int | None = None
+    odin_temperature: float = 1000.0  # ODIN (and odin_blocknorm) temperature
+    odin_epsilon: float = 0.0014  # ODIN step in pixel units: on normalized channel c, epsilon / std[c]
+    energy_temperature: float = 1.0  # energy T (also ReAct, DICE, ASH)
+    react_percentile: float = 90.0  # ReAct clipping percentile of ID-train activations
+    dice_sparsity: float = 90.0  # DICE weight sparsity (%)
+    ash_percentile: float = 90.0  # ASH-S pruning percentile
+    knn_k: int = 50  # KNN k
+    vim_dim: int | None = None  # ViM subspace dimension; None: 1000 for D >= 2048, 512 for D >= 768, else D // 2
 
     def __post_init__(self) -> None:
         if self.channels is None:

@@ -23,8 +23,9 @@ class FeatureNormDetector:
     Args:
         model: any classifier; it is scored in eval mode.
         block: the module name to read; None selects one in :meth:`fit`.
-        blocks, grid, num_samples, seed, criterion, pseudo_ood: passed to :func:`featurenorm.select_block` by
-            :meth:`fit`.
+
+    The keywords ``blocks``, ``grid``, ``num_samples``, ``seed``, ``criterion`` and ``pseudo_ood`` are
+    passed to :func:`featurenorm.select_block` by :meth:`fit`.
     """
 
     def __init__(self, model: nn.Module, block: str | None = None, *, blocks: Sequence[str] | None = None,

@@ -191,8 +191,9 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
             ``mean_rank`` (several kinds; see :data:`featurenorm.config.CRITERIA`).
         pseudo_ood: the pseudo-OOD kinds to measure, a list or ``"jigsaw,blur"`` or ``"all"``
             (see :mod:`featurenorm.data.pseudo_ood`); the jigsaw must be among them.
-        mean, std: the loader's normalization per channel (default: the config's defaults, 0.5);
-            the ``noise`` kind clips to the valid pixel range with them.
+        mean: the loader's normalization mean per channel (default: the config's, 0.5); the ``noise``
+            kind clips to the valid pixel range with ``mean`` and ``std``.
+        std: the loader's normalization std per channel (default: the config's, 0.5).
         progress: show a progress bar.
 
     Weak or conflicting evidence (see :meth:`BlockSelection.warnings`) is reported with ``warnings.warn``.
