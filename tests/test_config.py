@@ -176,20 +176,20 @@ def test_config_errors_reach_the_user_as_one_line_and_exit_status_2(tmp_path, ca
     assert run_cli(select_main, ["--config", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.err == (f"error: {path}: config key 'criterion' must be one of norm_ratio, auroc, mean_rank, "
-                            "got 'best'\n")
+                            "mean_auroc, min_auroc, got 'best'\n")
     assert captured.out == ""
 
 
 def test_criteria_are_listed_once_for_the_config_and_the_command_line(capsys):
-    from featurenorm import selection
+    from featurenorm import criteria
     from featurenorm.cli import select_main
     from featurenorm.config import CHOICES, CRITERIA
 
-    assert selection.CRITERIA is CRITERIA and CHOICES["criterion"] == tuple(CRITERIA)
-    assert list(CRITERIA) == ["norm_ratio", "auroc", "mean_rank"]
+    assert criteria.CRITERIA is CRITERIA and CHOICES["criterion"] == tuple(CRITERIA)
+    assert list(CRITERIA) == ["norm_ratio", "auroc", "mean_rank", "mean_auroc", "min_auroc"]
     with pytest.raises(SystemExit):
         select_main(["--help"])
-    assert "--criterion {norm_ratio,auroc,mean_rank}" in capsys.readouterr().out
+    assert "--criterion {norm_ratio,auroc,mean_rank,mean_auroc,min_auroc}" in capsys.readouterr().out
 
 
 def test_pseudo_ood_key():
