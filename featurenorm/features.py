@@ -78,15 +78,25 @@ class FeatureTap:
     value would be ambiguous. Forward passes made directly inside the ``with`` block still
     record values (the last call wins) but get neither that check nor the early exit.
 
+    Each output is brought to channels-first ``(B, C, *positions)`` by its block's
+    :class:`~featurenorm.layouts.Layout` before ``reduce`` sees it (``shapes`` records that shape):
+    token outputs (ViT) and channels-last maps (Swin) are read per channel, like conv maps. A
+    block's layout is ``layouts[name]`` when given, else what the model declares
+    (:func:`featurenorm.models.blocks.block_layouts`). An undeclared output of 2 or 4+ dimensions is
+    read channels-first (PyTorch's layout for linear and conv outputs). An undeclared 3-D output is
+    refused, since (B, N, C) tokens and (B, C, L) sequences look alike, and so is any undeclared block
+    of a model whose declared blocks are not all channels-first.
+
     Args:
         model: the network; block names are as ``model.named_modules()`` lists them.
         blocks: names of the modules whose outputs are reduced.
-        reduce: maps a block output (B, ...) to (B,) values; FeatureNorm by default.
+        reduce: maps a channels-first block output (B, C, ...) to (B,) values; FeatureNorm by default.
         stop_after_last: in :meth:`run`, stop the forward pass once every block has fired.
+        layouts: layouts of (some of) the blocks, overriding the model's declaration.
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[str], reduce: Reducer = feature_norm,
-                 stop_after_last: bool = False):
+                 stop_after_last: bool = False, layouts: Mapping[str, Layout] | None = None):
         if isinstance(blocks, str):
             blocks = [blocks]
         self.blocks = list(blocks)
