@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from .data.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
 from .errors import ConfigError, UserError
+from .arch_config import model_key_problem, preprocessing_defaults
 
 # Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
 OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100",
@@ -51,6 +52,7 @@ class Config:
     num_classes: int | None = None
     pretrained: bool = False
     weights: str | None = None  # torchvision weights enum member (IMAGENET1K_V1, ...); None: DEFAULT
+    weights_file: str | None = None  # a state_dict file (any key prefix) loaded into a timm/ or torchvision/ arch
     blocks: list[str] | None = None
     # --- ID data
     id_dataset: str = ""
@@ -59,7 +61,7 @@ class Config:
     channels: int | None = None
     data_root: str = "./data"
     download: bool = False
-    # torchvision archs: image_size, resize_size, mean, std and interpolation default to the weights' own
+    # timm/torchvision archs: image_size, resize_size, mean, std, interpolation default to the model's own
     image_size: int = 32
     resize_size: int | None = None  # None: stretch to image_size; else shorter side, then a center crop
     interpolation: str = "bilinear"
@@ -278,15 +280,11 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         raise ConfigError(f"{source}: missing required key '{missing[0]}' (add it to the config file or pass --set {missing[0]}=...)")
-    arch = values.get("arch", Config.arch)
-    if arch.startswith("torchvision/"):
-        # the weights' own evaluation preprocessing, for every key the config leaves out
-        from .models.torchvision_models import preprocessing
-        try:
-            defaults = preprocessing(arch, values.get("weights"), values.get("image_size"))
-        except UserError as err:
-            raise ConfigError(f"{where}{err}") from None
-        values = {**defaults, **values}
+    channels = values.get("channels") or data_channels(values.get("dataset") or values["id_dataset"])
+    try:  # a timm/torchvision model's own evaluation preprocessing, for every key the config leaves out
+        values = {**preprocessing_defaults(values, channels), **values}
+    except UserError as err:
+        raise ConfigError(f"{where}{err}") from None
     cfg = Config(**values)
     validate(cfg, source)
     if cfg.milestones is None:
@@ -343,8 +341,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     for key in ("selection_samples", "fit_samples"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
-    if cfg.weights is not None and not cfg.arch.startswith("torchvision/"):
-        bad("weights", f"names torchvision weights; it applies only to torchvision/<name> archs, not '{cfg.arch}'")
+    if model_key_problem(cfg.arch, cfg.weights, cfg.weights_file, cfg.pretrained):
+        bad(*model_key_problem(cfg.arch, cfg.weights, cfg.weights_file, cfg.pretrained))
     if cfg.resize_size is not None and cfg.resize_size < cfg.image_size:
         bad("resize_size", f"must be at least image_size ({cfg.image_size}), got {cfg.resize_size}")
     if cfg.vim_dim is not None and cfg.vim_dim < 1:
