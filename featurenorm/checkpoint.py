@@ -99,7 +99,8 @@ def _rename_head(weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str
     return weights
 
 
-def load_foreign_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+def load_foreign_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str | Path,
+                         what: str = "checkpoint") -> None:
     """Load ``weights`` into ``model`` strictly; a mismatch is one line naming the first missing/unexpected keys."""
     weights = _rename_head(weights, model)
     expected = model.state_dict()
@@ -111,11 +112,11 @@ def load_foreign_weights(model: nn.Module, weights: dict[str, torch.Tensor], pat
             parts.append(f"{len(missing)} missing key(s), first '{missing[0]}'")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s), first '{unexpected[0]}'")
-        raise UserError(f"checkpoint '{path}' does not fit {type(model).__name__}: {'; '.join(parts)}; check the "
+        raise UserError(f"{what} '{path}' does not fit {type(model).__name__}: {'; '.join(parts)}; check the "
                         "config's arch, width and num_classes")
     wrong = [k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
     if wrong:
-        raise UserError(f"checkpoint '{path}' does not fit {type(model).__name__}: {len(wrong)} tensor(s) of another "
+        raise UserError(f"{what} '{path}' does not fit {type(model).__name__}: {len(wrong)} tensor(s) of another "
                         f"shape, first '{wrong[0]}' {tuple(weights[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)};"
                         " check the config's arch, width and num_classes")
     model.load_state_dict(weights)
@@ -317,7 +318,7 @@ def load_run_model(cfg: Config, checkpoint: str | Path | None, device: torch.dev
     last = default_checkpoint(cfg, None)
     if checkpoint is None and last.is_file():
         return load_for_config(cfg, last, device), WeightsSource(str(last), last)
-    if checkpoint is None and not cfg.pretrained:
+    if checkpoint is None and not (cfg.pretrained or cfg.weights_file):
         raise UserError(f"checkpoint '{last}' not found; train first (python train.py --config ...), pass "
                         "--checkpoint PATH, set pretrained true for torchvision/timm weights, or pass "
                         f"--checkpoint {NO_CHECKPOINT} to score the randomly initialised model")
@@ -327,6 +328,7 @@ def load_run_model(cfg: Config, checkpoint: str | Path | None, device: torch.dev
 
 def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:
     from .data.datasets import num_classes_of
+    from .model_weights import build_configured
     from .models.torchvision_models import is_torchvision_arch, resolve_weights, weights_file
 
     torchvision = is_torchvision_arch(cfg.arch)
@@ -338,11 +340,15 @@ def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:
         num_classes = _pretrained_classes(cfg) if torchvision else num_classes_of(cfg)
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
         torch.manual_seed(cfg.seed)  # a random init must be the same in select_block.py and eval_ood.py
-        model = build_model(cfg.arch, num_classes, width=cfg.width, in_channels=cfg.channels, pretrained=cfg.pretrained, weights=cfg.weights,
-                            download=cfg.download)
+        model = build_configured(cfg, num_classes)
+    if cfg.weights_file:
+        return model, WeightsSource(str(cfg.weights_file), Path(cfg.weights_file))
     if not cfg.pretrained:
         return model, WeightsSource(f"random init (seed {cfg.seed})")
     if torchvision:
         path = weights_file(resolve_weights(cfg.arch.split("/", 1)[1], cfg.weights))
         return model, WeightsSource(str(path), path)
-    return model, WeightsSource(f"timm pretrained {cfg.arch.split('/', 1)[1]}")
+    from .models.timm_models import cached_weights
+
+    path = cached_weights(cfg.arch.split("/", 1)[1])[0]  # the file it was just read from (or downloaded to)
+    return model, WeightsSource(str(path), path) if path else WeightsSource(f"timm pretrained {cfg.arch[5:]}")

@@ -8,6 +8,7 @@ Each ``*_main(argv)`` parses the flags, loads the config and calls one library f
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
@@ -22,6 +23,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                         help="import a Python module (dotted name or .py file) first, so that the models and methods "
                              "it registers can be named (repeatable)")
+    parser.add_argument("--weights-file", metavar="PATH",
+                        help="a state_dict for the timm/<name> or torchvision/<name> arch (config key weights_file), "
+                             "e.g. saved from timm.create_model(...).state_dict(); loaded weights_only")
 
 
 def import_plugins(specs: Sequence[str]) -> None:
@@ -51,7 +55,10 @@ def _load(args: argparse.Namespace):
     """Import the plugins, then load the config with its ``--set`` overrides (``--benchmark`` is one more)."""
     import_plugins(args.plugin)
     benchmark = getattr(args, "benchmark", None)
-    return load_config(args.config, list(args.set) + ([f"benchmark={benchmark}"] if benchmark else []))
+    extra = [f"benchmark={benchmark}"] if benchmark else []
+    if args.weights_file:
+        extra.append(f"weights_file={json.dumps(args.weights_file)}")
+    return load_config(args.config, list(args.set) + extra)
 
 
 CHECKPOINT_HELP = ("model checkpoint (default: <save_path>/last.pt, or the pretrained weights when pretrained is true "

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from .data.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
 from .errors import ConfigError, UserError
+from .arch_config import model_key_problem, preprocessing_defaults
 
 # Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
 OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100",
@@ -52,8 +53,9 @@ class Config:
     arch: str = "resnet18"  # resnet18/34/50, wrn28_10, wrn{depth}_{widen}, vgg11/13/16, timm/<name>, torchvision/<name>
     width: float = 1.0  # channel multiplier for our own architectures (tiny models for tests and CPU)
     num_classes: int | None = None  # None: from the data; when set, checked against the data set
-    pretrained: bool = False  # timm, torchvision: start from their weights (timm downloads; torchvision: hub cache)
+    pretrained: bool = False  # timm, torchvision: start from their weights (local cache; fetched only with download)
     weights: str | None = None  # torchvision weights enum member (IMAGENET1K_V1, ...), also the preprocessing; None: DEFAULT
+    weights_file: str | None = None  # a state_dict file (any key prefix) loaded into a timm/ or torchvision/ arch
     blocks: list[str] | None = None  # the modules select_block.py scores; None: the model's own list
     # --- ID data
     id_dataset: str = ""  # digits, mnist, fashion_mnist, cifar10, cifar100, or a folder (recognised as below)
@@ -61,9 +63,9 @@ class Config:
     channels: int | None = None  # None: the ID data's own (1 for mnist, fashion_mnist; else 3); 3 on gray data repeats it
     data_root: str = "./data"  # where the data sets given by name live
     download: bool = False  # let torchvision fetch missing data (md5-checked) and pretrained weights (hash-checked)
-    image_size: int = 32  # input size; evaluated images are resized (or cropped) to it. torchvision: the weights' crop
+    image_size: int = 32  # input size; evaluated images are resized (or cropped) to it. timm/torchvision: the model's own
     resize_size: int | None = None  # None: stretch to image_size; else shorter side to it, then a center crop
-    interpolation: str = "bilinear"  # the evaluation resize; torchvision archs: the weights' own
+    interpolation: str = "bilinear"  # the evaluation resize; timm/torchvision archs: the model's own
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # normalization, one per channel (the paper's)
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # normalization, one per channel
     crop_padding: int = 4  # random-crop padding for training (0: off)
@@ -279,15 +281,11 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     missing = [k for k in REQUIRED if not values.get(k)]
     if missing:
         raise ConfigError(f"{source}: missing required key '{missing[0]}' (add it to the config file or pass --set {missing[0]}=...)")
-    arch = values.get("arch", Config.arch)
-    if arch.startswith("torchvision/"):
-        # the weights' own evaluation preprocessing, for every key the config leaves out
-        from .models.torchvision_models import preprocessing
-        try:
-            defaults = preprocessing(arch, values.get("weights"), values.get("image_size"))
-        except UserError as err:
-            raise ConfigError(f"{where}{err}") from None
-        values = {**defaults, **values}
+    channels = values.get("channels") or data_channels(values.get("dataset") or values["id_dataset"])
+    try:  # a timm/torchvision model's own evaluation preprocessing, for every key the config leaves out
+        values = {**preprocessing_defaults(values, channels), **values}
+    except UserError as err:
+        raise ConfigError(f"{where}{err}") from None
     cfg = Config(**values)
     validate(cfg, source)
     if cfg.milestones is None:
@@ -344,8 +342,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     for key in ("selection_samples", "fit_samples"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             bad(key, "must be at least 1")
-    if cfg.weights is not None and not cfg.arch.startswith("torchvision/"):
-        bad("weights", f"names torchvision weights; it applies only to torchvision/<name> archs, not '{cfg.arch}'")
+    if model_key_problem(cfg.arch, cfg.weights, cfg.weights_file, cfg.pretrained):
+        bad(*model_key_problem(cfg.arch, cfg.weights, cfg.weights_file, cfg.pretrained))
     if cfg.resize_size is not None and cfg.resize_size < cfg.image_size:
         bad("resize_size", f"must be at least image_size ({cfg.image_size}), got {cfg.resize_size}")
     if cfg.vim_dim is not None and cfg.vim_dim < 1:

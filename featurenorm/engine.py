@@ -22,7 +22,7 @@ from .config import Config
 from .data.datasets import load_split, num_classes_of
 from .data.loaders import make_loader
 from .errors import UserError
-from .models import build_model
+from .model_weights import build_configured
 from .stopping import SignalFlag, StopRequested
 from .runtime import Dist, amp_dtype, progress_bar, autocast, git_commit, init_distributed, shutdown_distributed
 
@@ -203,8 +203,7 @@ class _Run:
     @classmethod
     def build(cls, cfg: Config, device: torch.device, info: Dist, state: dict[str, Any] | None) -> "_Run":
         seed_everything(cfg.seed)
-        model = build_model(cfg.arch, cfg.num_classes, width=cfg.width, in_channels=cfg.channels, pretrained=cfg.pretrained, weights=cfg.weights,
-                            download=cfg.download).to(device)
+        model = build_configured(cfg, cfg.num_classes).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,

@@ -9,10 +9,12 @@ the last requested block has run.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+
+from .layouts import CHANNELS_FIRST, Layout
 
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
@@ -45,7 +47,8 @@ def feature_norm(z: torch.Tensor) -> torch.Tensor:
     rectified = torch.relu(z)
     if z.dim() == 2:
         return rectified.mean(dim=1)
-    per_channel = torch.linalg.vector_norm(rectified.flatten(2), ord=2, dim=2)  # (B, C)
+    # norm over the position axes in place: a permuted (channels-last, token) view needs no copy
+    per_channel = torch.linalg.vector_norm(rectified, ord=2, dim=tuple(range(2, z.dim())))  # (B, C)
     return per_channel.mean(dim=1)
 
 
@@ -75,15 +78,25 @@ class FeatureTap:
     value would be ambiguous. Forward passes made directly inside the ``with`` block still
     record values (the last call wins) but get neither that check nor the early exit.
 
+    Each output is brought to channels-first ``(B, C, *positions)`` by its block's
+    :class:`~featurenorm.layouts.Layout` before ``reduce`` sees it (``shapes`` records that shape):
+    token outputs (ViT) and channels-last maps (Swin) are read per channel, like conv maps. A
+    block's layout is ``layouts[name]`` when given, else what the model declares
+    (:func:`featurenorm.models.blocks.block_layouts`). An undeclared output of 2 or 4+ dimensions is
+    read channels-first (PyTorch's layout for linear and conv outputs). An undeclared 3-D output is
+    refused, since (B, N, C) tokens and (B, C, L) sequences look alike, and so is any undeclared block
+    of a model whose declared blocks are not all channels-first.
+
     Args:
         model: the network; block names are as ``model.named_modules()`` lists them.
         blocks: names of the modules whose outputs are reduced.
-        reduce: maps a block output (B, ...) to (B,) values; FeatureNorm by default.
+        reduce: maps a channels-first block output (B, C, ...) to (B,) values; FeatureNorm by default.
         stop_after_last: in :meth:`run`, stop the forward pass once every block has fired.
+        layouts: layouts of (some of) the blocks, overriding the model's declaration.
     """
 
     def __init__(self, model: nn.Module, blocks: Sequence[str], reduce: Reducer = feature_norm,
-                 stop_after_last: bool = False):
+                 stop_after_last: bool = False, layouts: Mapping[str, Layout] | None = None):
         if isinstance(blocks, str):
             blocks = [blocks]
         self.blocks = list(blocks)
@@ -99,6 +112,7 @@ class FeatureTap:
             raise BlockError(f"unknown block(s) {', '.join(repr(b) for b in unknown)} for "
                             f"{type(model).__name__}; valid names: {', '.join(valid)}")
         self.model = model
+        self.layouts = _resolve_layouts(model, self.blocks, layouts or {})
         self.reduce = reduce
         self.stop_after_last = stop_after_last
         self.values: dict[str, torch.Tensor] = {}
@@ -144,11 +158,23 @@ class FeatureTap:
             if not isinstance(output, torch.Tensor):
                 raise BlockError(f"block '{name}' returns {type(output).__name__}, not a tensor; "
                                 "tap a module whose output is a single tensor")
+            output = self._channels_first(name, output)
             self.shapes[name] = tuple(output.shape[1:])
             self.values[name] = self.reduce(output)
             if self._in_run and self.stop_after_last and all(self._calls.values()):
                 raise _StopForward
         return hook
+
+    def _channels_first(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        layout = self.layouts[name]
+        if layout is None and output.dim() == 3:
+            declare = "{'%s': featurenorm.layouts.tokens(k)}" % name
+            raise BlockError(f"block '{name}' returns a 3-D output {tuple(output.shape)}: (B, N, C) tokens or "
+                             f"(B, C, L)? declare it: FeatureTap(..., layouts={declare})")
+        try:
+            return (layout or CHANNELS_FIRST).channels_first(output)
+        except ValueError as err:
+            raise BlockError(f"block '{name}': {err}") from None
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Clear, call ``fn(*args, **kwargs)`` with the hooks active, and return its output.
@@ -171,6 +197,22 @@ class FeatureTap:
             raise BlockError(f"block(s) {', '.join(missing)} did not run during the forward pass; "
                             "tap modules that the called function uses")
         return output
+
+
+def _resolve_layouts(model: nn.Module, blocks: Sequence[str],
+                     given: Mapping[str, Layout]) -> dict[str, Layout | None]:
+    """Each block's layout: ``given``, else the model's declaration, else None (read by dimensions)."""
+    from .models.blocks import block_layouts
+
+    declared = block_layouts(model)
+    resolved: dict[str, Layout | None] = {}
+    for name in blocks:
+        layout = given.get(name) or (declared or {}).get(name)
+        if layout is None and declared and any(v != CHANNELS_FIRST for v in declared.values()):
+            raise BlockError(f"the output layout of block '{name}' of {type(model).__name__} cannot be told (its "
+                             "blocks are not all channels-first); tap one of candidate_blocks(model) or pass layouts=")
+        resolved[name] = layout
+    return resolved
 
 
 def block_feature_norms(model: nn.Module, images: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:

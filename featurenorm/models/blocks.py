@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from ..layouts import CHANNELS_LAST, Layout, tokens
+
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 
 # The fallback's dummy input: one image, channels first, ImageNet size (CIFAR models accept it too).
@@ -26,10 +28,11 @@ def candidate_blocks(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPU
     """Module names, in forward order, whose outputs a FeatureNorm can be read from.
 
     - featurenorm's architectures (and anything with a ``block_names`` attribute): those names;
-    - timm models: the blocks of each stage that ``feature_info`` names;
+    - timm models: every block of every stage (see :func:`featurenorm.models.timm_models.stage_blocks`);
     - torchvision ResNet/WideResNet (``layer1.0 ... layer4.N``), VGG (each conv layer read after its
       ReLU), DenseNet (dense blocks and transitions), MobileNetV2/V3 (every entry of ``features``),
-      EfficientNet (every block of every stage, then the last conv) and ConvNeXt (every CNBlock);
+      EfficientNet (every block of every stage, then the last conv), ConvNeXt (every CNBlock), Swin (every
+      block of every stage) and ViT (every encoder layer);
     - any other module (fallback): one forward pass of a zero batch of ``(1, *input_shape)`` records
       the modules that sit directly inside an ``nn.Sequential``, run exactly once and return a 4-D
       tensor; nested ones are dropped when their container already qualifies.
@@ -40,13 +43,43 @@ def candidate_blocks(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPU
     names = getattr(model, "block_names", None)
     if names is not None:
         return list(names)
-    if hasattr(model, "feature_info") and hasattr(model, "forward_head"):  # a timm model
+    if _is_timm(model):
         from .timm_models import stage_blocks
         return stage_blocks(model)
     known = _torchvision_blocks(model)
     if known is not None:
         return known
     return _fallback_blocks(model, input_shape)
+
+
+def _is_timm(model: nn.Module) -> bool:
+    return hasattr(model, "feature_info") and hasattr(model, "forward_head")
+
+
+def block_layouts(model: nn.Module) -> dict[str, Layout | None] | None:
+    """The output layout of each block a model declares; None when it declares none.
+
+    - a ``block_layouts`` attribute (featurenorm's timm wrapper);
+    - timm models: every stage block has the model's layout (see
+      :func:`featurenorm.models.timm_models.net_layout`; None values when it cannot be told);
+    - torchvision Swin (channels-last ``features.i.j``) and ViT (tokens after one class token);
+    - anything else: None (:class:`featurenorm.features.FeatureTap` reads outputs by their dimensions).
+    """
+    declared = getattr(model, "block_layouts", None)
+    if declared is not None:
+        return dict(declared)
+    if _is_timm(model):
+        from .timm_models import stage_layouts
+        return stage_layouts(model)
+    try:
+        from torchvision import models as tv
+    except Exception:  # torchvision missing or broken
+        return None
+    if isinstance(model, tv.SwinTransformer):
+        return {name: CHANNELS_LAST for name in _torchvision_blocks(model) or []}
+    if isinstance(model, tv.VisionTransformer):
+        return {name: tokens(1) for name in _torchvision_blocks(model) or []}
+    return None
 
 
 def _children(module: nn.Module, prefix: str) -> list[str]:
@@ -76,6 +109,11 @@ def _torchvision_blocks(model: nn.Module) -> list[str] | None:
             names += _children(stage, f"features.{i}") if isinstance(stage, nn.Sequential) and i > 0 \
                 and not isinstance(stage[0], nn.Conv2d) else ([f"features.{i}"] if i > 0 else [])
         return names
+    if isinstance(model, tv.SwinTransformer):  # stages alternate with PatchMerging; the stem is features.0
+        return [name for i, stage in enumerate(model.features) if i > 0 and isinstance(stage, nn.Sequential)
+                for name in _children(stage, f"features.{i}")]
+    if isinstance(model, tv.VisionTransformer):
+        return _children(model.encoder.layers, "encoder.layers")
     if isinstance(model, tv.ConvNeXt):
         return [name for i, stage in enumerate(model.features)
                 if isinstance(stage, nn.Sequential) and any(type(m).__name__ == "CNBlock" for m in stage)

@@ -6,31 +6,97 @@ The wrapped model sits under the attribute ``net``, so its block names read
 """
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from ..layouts import CHANNELS_FIRST, CHANNELS_LAST, Layout, tokens
 from .registry import Builder, register_family
+
+PREFIX = "timm/"
 
 
 def stage_blocks(net: nn.Module) -> list[str]:
-    """The children of each feature stage of a timm model, in forward order (names relative to ``net``)."""
+    """Every block of every stage of a timm model, in forward order (names relative to ``net``).
+
+    ``feature_info`` names the stages whose output timm hands out as features, and for some families
+    only those that downsample (EfficientNet: ``blocks.0, 1, 2, 4, 6`` of its 7 stages). So when the
+    named stages are entries of one container (``blocks``, ``stages``, ``layers``), every entry of that
+    container from the first named to the last named is a stage. A stage's blocks are the entries of
+    its ``blocks`` (ConvNeXt, Swin) or of the stage itself when it is a Sequential (ResNet,
+    EfficientNet); a stage that is a single block (ViT's ``blocks.i``) is its own block.
+    """
     modules = dict(net.named_modules())
-    stage_names = [info["module"] for info in getattr(net, "feature_info", [])]
+    named = [info["module"] for info in getattr(net, "feature_info", []) if info["module"] in modules]
     names: list[str] = []
-    for stage in stage_names:
-        module = modules.get(stage)
-        if module is None:
-            continue
+    for stage in _every_stage(named, modules):
+        module = modules[stage]
         inner = getattr(module, "blocks", None)
-        prefix = f"{stage}.blocks" if isinstance(inner, nn.Sequential) else stage
-        container = inner if isinstance(inner, nn.Sequential) else module
-        children = [n for n, _ in container.named_children()] if isinstance(container, nn.Sequential) else []
-        names += [f"{prefix}.{c}" for c in children]  # leaf stem modules (act1) are not stages
-    if not names:  # no stage containers: fall back to the feature_info modules themselves
-        names = [s for s in stage_names if s in modules]
+        if isinstance(inner, (nn.Sequential, nn.ModuleList)):
+            names += [f"{stage}.blocks.{c}" for c, _ in inner.named_children()]
+        elif isinstance(module, (nn.Sequential, nn.ModuleList)):
+            names += [f"{stage}.{c}" for c, _ in module.named_children()]
+        elif any(stage.startswith(parent + ".") for parent in _containers(named, modules)):
+            names.append(stage)  # a transformer block listed directly in its container
+        # else a leaf stem module (ResNet's act1): not a stage of blocks
+    names = names or named  # no stage containers: the feature_info modules themselves
     seen: set[str] = set()
     return [n for n in names if not (n in seen or seen.add(n))]
+
+
+def _containers(named: list[str], modules: dict[str, nn.Module]) -> list[str]:
+    """The containers (Sequential, ModuleList) that hold named stages as their entries."""
+    parents = {stage.rpartition(".")[0] for stage in named if "." in stage}
+    return sorted(p for p in parents if isinstance(modules.get(p), (nn.Sequential, nn.ModuleList)))
+
+
+def _every_stage(named: list[str], modules: dict[str, nn.Module]) -> list[str]:
+    stages: list[str] = []
+    for stage in named:
+        parent, _, _ = stage.rpartition(".")
+        if parent not in _containers(named, modules):
+            stages.append(stage)
+            continue
+        entries = [f"{parent}.{c}" for c, _ in modules[parent].named_children()]
+        first = min(entries.index(s) for s in named if s.rpartition(".")[0] == parent)
+        last = max(entries.index(s) for s in named if s.rpartition(".")[0] == parent)
+        stages += entries[first:last + 1]
+    seen: set[str] = set()
+    return [s for s in stages if not (s in seen or seen.add(s))]
+
+
+# timm families whose stages return channels-first maps (they declare no ``output_fmt``)
+CHANNELS_FIRST_FAMILIES = ("ResNet", "EfficientNet", "ConvNeXt", "MobileNetV3", "RegNet", "DenseNet", "ByobNet",
+                           "CspNet", "DLA", "GhostNet", "RepVit", "MobileNetV4", "Xception", "Res2Net")
+OUTPUT_FORMATS = {"NCHW": CHANNELS_FIRST, "NHWC": CHANNELS_LAST}
+
+
+def net_layout(net: nn.Module) -> Layout | None:
+    """The layout of a timm model's stage blocks; None when it cannot be told.
+
+    From the model's ``output_fmt`` (Swin: NHWC), its ``num_prefix_tokens`` (ViT, DeiT, EVA: tokens,
+    those prefix tokens left out), or its class being one of the convolutional families.
+    """
+    fmt = getattr(net, "output_fmt", None)
+    if isinstance(fmt, str) and fmt in OUTPUT_FORMATS:
+        return OUTPUT_FORMATS[fmt]
+    prefix = getattr(net, "num_prefix_tokens", None)
+    if isinstance(prefix, int) and not isinstance(prefix, bool):
+        return tokens(prefix)
+    if any(cls.__name__ in CHANNELS_FIRST_FAMILIES for cls in type(net).__mro__):
+        return CHANNELS_FIRST
+    return None
+
+
+def stage_layouts(net: nn.Module) -> dict[str, Layout | None]:
+    """``{block: layout}`` for :func:`stage_blocks`; None values: the layout cannot be told."""
+    layout = net_layout(net)
+    return {name: layout for name in stage_blocks(net)}
 
 
 class TimmClassifier(nn.Module):
@@ -43,7 +109,8 @@ class TimmClassifier(nn.Module):
                             "featurenorm needs a single nn.Linear classifier")
         self.head = head
         self.num_features = head.in_features
-        self.block_names = [f"net.{n}" for n in stage_blocks(net)]
+        self.block_layouts = {f"net.{n}": layout for n, layout in stage_layouts(net).items()}
+        self.block_names = list(self.block_layouts)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
@@ -52,18 +119,97 @@ class TimmClassifier(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def build_timm(name: str, num_classes: int, pretrained: bool = False, width: float = 1.0, weights: str | None = None,
-               download: bool = False, in_channels: int = 3, **options) -> TimmClassifier:
-    """timm's ``create_model``; ``pretrained`` downloads through timm's own hub cache (``download`` is not consulted)."""
+def pretrained_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained config of ``name`` (with or without a tag: the default tag then), as a dict."""
+    from timm.models import PretrainedCfg, get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as err:  # a tag the architecture does not have
+        raise UserError(f"timm model '{name}': {err}; list the tags with python -c 'import timm; "
+                        f"print(timm.list_pretrained(\"{name.split('.')[0]}*\"))'") from None
+    return (cfg or PretrainedCfg()).to_dict()
+
+
+def preprocessing(arch: str, image_size: int | None = None) -> dict[str, Any]:
+    """The evaluation preprocessing of ``timm.data.resolve_data_config`` for the model, as config values.
+
+    ``resize_size`` is timm's ``floor(image_size / crop_pct)``, also when ``image_size`` is given.
+    """
+    from timm.data import resolve_data_config
+
+    data = resolve_data_config(pretrained_cfg=pretrained_cfg(arch[len(PREFIX):]))
+    if data.get("crop_mode", "center") != "center" or data["input_size"][1] != data["input_size"][2]:
+        raise UserError(f"{arch} evaluates with crop_mode '{data.get('crop_mode')}' at {data['input_size'][1:]}, which "
+                        "featurenorm's eval transform does not do; set image_size, resize_size, mean, std and "
+                        "interpolation in the config")
+    size = image_size or int(data["input_size"][1])
+    return {"image_size": size, "resize_size": math.floor(size / data["crop_pct"]), "mean": list(data["mean"]),
+            "std": list(data["std"]), "interpolation": data["interpolation"]}
+
+
+def cached_weights(name: str) -> tuple[Path | None, str]:
+    """The local file of ``timm/<name>``'s pretrained weights (None when missing), and where to put it.
+
+    timm fetches weights from the Hugging Face hub (into its cache) when the config names a hub id, else
+    from a URL (into ``torch.hub.get_dir()/checkpoints``); both places are only looked at, never fetched.
+    """
+    cfg = pretrained_cfg(name)
+    if cfg.get("hf_hub_id"):
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, _, revision = cfg["hf_hub_id"].partition("@")
+        filenames = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(HF_FILENAMES)
+        for filename in filenames:
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found), ""
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / (revision or "main")
+        return None, f"put {filenames[0]} (from https://huggingface.co/{repo}) in {folder}"
+    if cfg.get("url"):
+        import torch.hub
+
+        path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"])
+        return (path if path.is_file() else None), f"put {path.name} (from {cfg['url']}) in {path.parent}"
+    raise UserError(f"timm model '{name}' has no pretrained weights; set pretrained false or pass weights_file")
+
+
+# the file names timm asks the hub for, safetensors first
+HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _create(name: str, pretrained: bool, download: bool, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` that reads pretrained weights from the local caches, and downloads only when asked."""
     import timm
 
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    path, where = cached_weights(name)
+    tag = pretrained_cfg(name).get("hf_hub_id") or name
+    if path is not None:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    if not download:
+        raise UserError(f"pretrained weights of timm model {tag} are not in the local cache: {where}, "
+                        "or set download true to fetch them")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise UserError(f"download true, but HF_HUB_OFFLINE is set: unset it to fetch {tag}, or {where}")
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except OSError as err:  # no network, refused connection, full disk (the hub's and urllib's errors are OSErrors)
+        raise UserError(f"could not download timm model {tag} ({str(err).splitlines()[0]}); {where}") from None
+
+
+def build_timm(name: str, num_classes: int, pretrained: bool = False, width: float = 1.0, weights: str | None = None,
+               download: bool = False, in_channels: int = 3, **options) -> TimmClassifier:
+    """timm's ``create_model``; ``pretrained`` reads the weights from the local Hugging Face or torch hub cache,
+    and fetches them only when ``download`` is true (else a one-line UserError naming the file and folder)."""
     if width != 1.0:
         raise UserError("config key 'width' applies only to featurenorm's own architectures; remove it for timm models")
     if weights is not None:
         raise UserError("config key 'weights' names torchvision weights; for timm put the pretrained tag in the "
                         "name, e.g. timm/resnet50.a1_in1k")
     try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **options)
+        net = _create(name, pretrained, download, num_classes=num_classes, in_chans=in_channels, **options)
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise UserError(f"unknown timm model '{name}'; list them with python -c 'import timm; print(timm.list_models())'") from None
@@ -73,6 +219,6 @@ def build_timm(name: str, num_classes: int, pretrained: bool = False, width: flo
 
 @register_family("timm/<name>")
 def _timm_family(name: str) -> Builder | None:
-    if not name.startswith("timm/"):
+    if not name.startswith(PREFIX):
         return None
-    return lambda num_classes, **options: build_timm(name[len("timm/"):], num_classes, **options)
+    return lambda num_classes, **options: build_timm(name[len(PREFIX):], num_classes, **options)
