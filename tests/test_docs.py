@@ -109,7 +109,7 @@ def test_readme_is_a_front_door():
                                                                       "bash scripts/test.sh"]
     assert text.index("```bash") < text.index("\n## ")
     assert "bash scripts/build_docs.sh" in text
-    assert "<!-- real-data: filled from results/mnist_family/summary.md -->" in text
+    assert "## Real data: MNIST and Fashion-MNIST" in text
     for link in re.findall(r"\]\((docs/[^)#]+)", text):
         assert (REPO / link).is_file(), link
 
