@@ -11,8 +11,24 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .config import Config, load_config
+from .config import CRITERIA, Config, load_config
+from .criteria import choose_block
 from .data.synthetic import MANIFEST, write_synthetic_ood
+from .results import AVERAGE
+
+
+def criteria_gaps_text(rows: list[dict], per_block: dict) -> str:
+    """One line: the block each criterion picks and its gap to the best block (average AUROC points)."""
+    aurocs = {block: 100.0 * per_set[AVERAGE]["auroc"] for block, per_set in per_block.items()}
+    best = max(aurocs.values())
+    picks = []
+    for criterion in CRITERIA:
+        try:
+            block = choose_block(rows, criterion)["name"]
+        except ValueError:  # a criterion whose kinds were not measured
+            continue
+        picks.append(f"{criterion} {block} ({best - aurocs[block]:.2f})")
+    return "each criterion's block (points short of the best): " + ", ".join(picks)
 
 
 def _newer(output: Path, source: Path) -> bool:
@@ -77,6 +93,7 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         print(f"oracle gap: best block {oracle['best_block']} {100 * oracle['best_auroc']:.2f}, selected block "
               f"{oracle['selected_block']} {100 * oracle['selected_auroc']:.2f}, difference "
               f"{100 * oracle['difference']:.2f} AUROC points")
+        print(criteria_gaps_text(selection["blocks"], results["per_block"]))
     plots = [save_dir / name for name in ("norm_ratio.png", "feature_norm_hist.png", "norm_ratio_vs_auroc.png")]
     print("\nplots:")
     for plot in plots:

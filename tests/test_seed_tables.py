@@ -212,3 +212,13 @@ def test_run_study_writes_tables_and_plot(study_runs, tmp_path):
     assert "| norm_ratio | 17.50 ± 3.54 |" in text
     assert json.loads((tmp_path / "out" / "study.json").read_text())["models"][2]["part"] == "held-out"
     assert (tmp_path / "out" / "evidence.png").stat().st_size > 0
+
+
+def test_the_quick_start_line_gives_each_criterions_block_and_gap():
+    from featurenorm.quickstart import criteria_gaps_text
+
+    rows = selection([0.9, 1.0, 1.1], [0.2, 0.7, 0.6], [0.8, 0.7, 0.1])["blocks"]
+    per_block = results([0.60, 0.90, 0.70], 0.9, 0.5)["per_block"]
+    assert criteria_gaps_text(rows, per_block) == (
+        "each criterion's block (points short of the best): norm_ratio b2 (20.00), auroc b1 (0.00), "
+        "mean_rank b1 (0.00), mean_auroc b1 (0.00), min_auroc b1 (0.00)")
