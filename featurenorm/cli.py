@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from .config import load_config
-from .data.benchmarks import BENCHMARKS
+from .benchmarks import BENCHMARKS
 from .errors import UserError, add_common_arguments, is_main_process, reported, run_cli
 
 
@@ -74,7 +74,7 @@ def train_main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .engine import StopRequested, train  # imports torch: after the config is known to be good
+    from .training.loop import StopRequested, train  # imports torch: after the config is known to be good
 
     try:
         metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
@@ -108,10 +108,10 @@ def select_main(argv: Sequence[str]) -> int:
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .report import format_block_table
-    from .selection import run_selection  # imports torch: after the config check
+    from .reporting.tables import format_block_table
+    from .selection.api import run_selection  # imports torch: after the config check
 
-    from .features import BlockError
+    from .core.tap import BlockError
 
     with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
         selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
@@ -140,10 +140,10 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .evaluation import run_evaluation
-    from .report import summary_text
+    from .evaluation.api import run_evaluation
+    from .reporting.tables import summary_text
 
-    from .features import BlockError
+    from .core.tap import BlockError
 
     with reported(BlockError):
         run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,

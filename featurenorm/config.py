@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
+from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
 from .errors import ConfigError, UserError
 from .arch_config import model_key_problem, preprocessing_defaults
 
@@ -34,7 +34,7 @@ RECORD_ONLY = ("git_commit",)
 SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "model": "arch", "architecture": "arch",
             "num_epochs": "epochs", "n_epochs": "epochs"}
 # The block selection criteria, each with its rule in one sentence; the config check, select_block.py's
-# --criterion choices and featurenorm.selection all read this one table (here: no torch import needed).
+# --criterion choices and featurenorm.selection.api all read this one table (here: no torch import needed).
 CRITERIA = {
     "norm_ratio": "the block with the largest NormRatio of ID images to their jigsaw puzzles (the paper's rule)",
     "auroc": "the block whose FeatureNorm best separates ID images from their jigsaw puzzles (AUROC)",
@@ -111,7 +111,7 @@ class Config:
     mnist: str | None = None  # the folder of MNIST's IDX files (featurenorm.data.idx); its test split is scored
     fashion_mnist: str | None = None  # the same for Fashion-MNIST
     places365_samples: int = 10000  # Places365 subsample size (seed 0; benchmark paper)
-    # --- benchmark: which table of data sets (featurenorm.data.benchmarks) a run scores
+    # --- benchmark: which table of data sets (featurenorm.benchmarks) a run scores
     benchmark: str = DEFAULT_BENCHMARK  # paper (CIFAR, MNIST, digits, ImageFolder), imagenet_four, openood_v1.5
     openood_root: str | None = None  # OpenOOD's data folder (benchmark_imglist/, images_classic/); for openood_v1.5
     # --- method hyperparameters

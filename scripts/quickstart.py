@@ -6,7 +6,7 @@ import sys
 
 
 from featurenorm.errors import add_common_arguments, run_cli
-from featurenorm.quickstart import run_quickstart
+from featurenorm.runs.quickstart import run_quickstart
 
 
 def main(argv: list[str]) -> int:

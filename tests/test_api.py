@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import featurenorm
 from featurenorm import FeatureNormDetector, candidate_blocks, evaluate, select_block
-from featurenorm.data.jigsaw import apply_permutation, sample_permutations
+from featurenorm.selection.jigsaw import apply_permutation, sample_permutations
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py and featurenorm/benchmark.py: the report's content and the ratio arithmetic.
+"""scripts/benchmark.py and featurenorm/tools/throughput.py: the report's content and the ratio arithmetic.
 
 No assertion here depends on how fast the machine is.
 """
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from featurenorm import benchmark, timing
-from featurenorm.benchmark import FIGURES, format_table, target_met, target_text
-from featurenorm.timing import measure_pair
+from featurenorm.tools import throughput as benchmark
+from featurenorm.tools import timing
+from featurenorm.tools.throughput import FIGURES, format_table, target_met, target_text
+from featurenorm.tools.timing import measure_pair
 from featurenorm.config import Config
 from featurenorm.methods import build_method, method_names
 

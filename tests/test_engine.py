@@ -1,4 +1,4 @@
-"""featurenorm.engine.train and train.py: run folders, exact reproducibility and resuming, checkpoints."""
+"""featurenorm.training.loop.train and train.py: run folders, exact reproducibility and resuming, checkpoints."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from featurenorm.checkpoint import load_checkpoint, read_checkpoint
+from featurenorm.training.checkpoint import load_checkpoint, read_checkpoint
 from featurenorm.config import load_config
 from featurenorm.data.datasets import load_split
 from featurenorm.data.loaders import DeviceLoader, make_loader
-from featurenorm.engine import evaluate_accuracy, train
+from featurenorm.training.loop import evaluate_accuracy, train
 from featurenorm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from featurenorm.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from featurenorm.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from featurenorm.data.datasets import load_split
 from featurenorm.data.loaders import DeviceLoader
 from featurenorm.errors import UserError
-from featurenorm.evaluation import run_evaluation
-from featurenorm.features import block_feature_norms
+from featurenorm.evaluation.api import run_evaluation
+from featurenorm.core.tap import block_feature_norms
 from featurenorm.methods import build_method
-from featurenorm.metrics import ood_metrics
-from featurenorm.scoring import Scorer
-from featurenorm.selection import run_selection
+from featurenorm.core.metrics import ood_metrics
+from featurenorm.evaluation.scoring import Scorer
+from featurenorm.selection.api import run_selection
 
 METHODS = "featurenorm,msp,energy,knn,mahalanobis,odin,energy_blocknorm"
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from featurenorm.features import FeatureTap, block_feature_norms, feature_norm
+from featurenorm.core.tap import FeatureTap, block_feature_norms, feature_norm
 from featurenorm.models import build_model
 
 RESNET18_BLOCKS = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from featurenorm.checkpoint import load_checkpoint
+from featurenorm.training.checkpoint import load_checkpoint
 from featurenorm.cli import eval_main, select_main, train_main
 from featurenorm.errors import run_cli
-from featurenorm.evaluation import run_evaluation
-from featurenorm.selection import run_selection
+from featurenorm.evaluation.api import run_evaluation
+from featurenorm.selection.api import run_selection
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = "featurenorm,msp,mahalanobis"

@@ -282,8 +282,8 @@ def test_a_random_init_is_scored_only_when_asked(tmp_path, capsys):
 def test_the_papers_imagenet_blocks_in_torchvision_names():
     from torchvision import models
 
-    from featurenorm.models.blocks import candidate_blocks
-    from featurenorm.paper import IMAGENET_BLOCKS, compare_with_paper, format_comparison, load_paper_results
+    from featurenorm.core.blocks import candidate_blocks
+    from featurenorm.reporting.paper import IMAGENET_BLOCKS, compare_with_paper, format_comparison, load_paper_results
 
     words = load_paper_results()["imagenet_selected_blocks"]
     for arch, (key, block, index, count) in IMAGENET_BLOCKS.items():

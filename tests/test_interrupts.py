@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featurenorm.engine import StopRequested, train
+from featurenorm.training.loop import StopRequested, train
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -178,7 +178,7 @@ def test_a_signal_during_the_last_evaluation_just_finishes(trained_digits_run, t
     """The last epoch was trained and is saved as finished: no exit 130 and nothing left to resume."""
     import shutil
 
-    from featurenorm import engine
+    from featurenorm.training import loop as engine
 
     run = tmp_path / "run"
     shutil.copytree(trained_digits_run.save_path, run)

@@ -1,11 +1,11 @@
-"""Tests for featurenorm.metrics: hand-computed cases and agreement with scikit-learn."""
+"""Tests for featurenorm.core.metrics: hand-computed cases and agreement with scikit-learn."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from featurenorm.metrics import (METRIC_KEYS, aupr, auroc, average_metrics, fpr_at_ood_recall, fpr_at_tpr,
+from featurenorm.core.metrics import (METRIC_KEYS, aupr, auroc, average_metrics, fpr_at_ood_recall, fpr_at_tpr,
                                  group_averages, ood_metrics)
 
 

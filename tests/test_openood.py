@@ -1,4 +1,4 @@
-"""featurenorm.openood and scripts/compare_openood.py: our results beside OpenOOD's leaderboard."""
+"""featurenorm.reporting.openood and scripts/compare_openood.py: our results beside OpenOOD's leaderboard."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from featurenorm.errors import UserError
-from featurenorm.openood import compare_with_openood, load_openood_leaderboard, rank_against
+from featurenorm.reporting.openood import compare_with_openood, load_openood_leaderboard, rank_against
 
 REPO = Path(__file__).resolve().parents[1]
 GROUPS = {"near": ["cifar100", "tin"], "far": ["mnist", "svhn", "texture", "places365"]}

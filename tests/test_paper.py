@@ -6,7 +6,7 @@ import copy
 import pytest
 
 from featurenorm.errors import UserError
-from featurenorm.paper import (
+from featurenorm.reporting.paper import (
     PaperBlock,
     compare_with_paper,
     format_comparison,
@@ -175,7 +175,7 @@ def test_format_comparison_md_and_text():
 def test_results_for_other_id_data_warn_that_they_are_not_comparable():
     import warnings
 
-    from featurenorm.paper import compare_with_paper
+    from featurenorm.reporting.paper import compare_with_paper
 
     results = {"id_dataset": "digits", "arch": "resnet18",
                "methods": {"msp": {"svhn": {"fpr95": 0.5, "auroc": 0.9}, "average": {"fpr95": 0.5, "auroc": 0.9}}}}

@@ -1,4 +1,4 @@
-"""Tests for featurenorm.report and featurenorm.plots: tables agree with the JSON, files are atomic, PNGs are real."""
+"""Tests for featurenorm.reporting.tables and featurenorm.reporting.plots: tables agree with the JSON, files are atomic, PNGs are real."""
 from __future__ import annotations
 
 import copy
@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from featurenorm import plots, report  # noqa: E402
+from featurenorm.reporting import plots
+from featurenorm.reporting import tables as report
 from featurenorm.errors import UserError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,5 @@
-"""Tables over seeds (featurenorm/seed_tables.py), the MNIST-family scripts and the block-selection study
-(featurenorm/block_study.py), on hand-made runs."""
+"""Tables over seeds (featurenorm/reporting/seed_tables.py), the MNIST-family scripts and the block-selection study
+(featurenorm/reporting/block_study.py), on hand-made runs."""
 from __future__ import annotations
 
 import json
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from featurenorm.block_study import evidence, model_row, recommend, run_study, spearman
+from featurenorm.reporting.block_study import evidence, model_row, recommend, run_study, spearman
 from featurenorm.errors import UserError
-from featurenorm.seed_tables import block_table, choice_rows, choice_table, read_run, write_family_summary
-from featurenorm.summary import format_summary, summarize_results
+from featurenorm.reporting.seed_tables import block_table, choice_rows, choice_table, read_run, write_family_summary
+from featurenorm.reporting.summary import format_summary, summarize_results
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCKS = ("b0", "b1", "b2")

@@ -5,15 +5,15 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import roc_auc_score
 
-from featurenorm.block_norms import BlockNorms, collect_block_norms
-from featurenorm.data.jigsaw import jigsaw
-from featurenorm.features import block_feature_norms
+from featurenorm.selection.collect import BlockNorms, collect_block_norms
+from featurenorm.selection.jigsaw import jigsaw
+from featurenorm.core.tap import block_feature_norms
 from featurenorm.models import build_model
-from featurenorm.data.pseudo_ood import kind_generator, make_pseudo_ood
-from featurenorm.metrics import auroc as _auroc  # the one AUROC, also behind every block row
-from featurenorm.report import format_block_table
-from featurenorm.criteria import average_auroc_ranks, choose_block, criterion_values, selection_warnings
-from featurenorm.selection import norm_ratio, select_block, summarize_blocks
+from featurenorm.selection.pseudo_ood import kind_generator, make_pseudo_ood
+from featurenorm.core.metrics import auroc as _auroc  # the one AUROC, also behind every block row
+from featurenorm.reporting.tables import format_block_table
+from featurenorm.selection.criteria import average_auroc_ranks, choose_block, criterion_values, selection_warnings
+from featurenorm.selection.api import norm_ratio, select_block, summarize_blocks
 
 
 def test_norm_ratio_hand_numbers():

@@ -1,4 +1,4 @@
-"""Mean ± sample std over runs (featurenorm/summary.py)."""
+"""Mean ± sample std over runs (featurenorm/reporting/summary.py)."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from featurenorm.errors import UserError
-from featurenorm.summary import (
+from featurenorm.reporting.summary import (
     MeanStd,
     format_summary,
     load_results_files,

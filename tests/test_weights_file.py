@@ -6,9 +6,9 @@ import torch
 
 from featurenorm.config import load_config
 from featurenorm.errors import ConfigError, UserError
-from featurenorm.features import block_feature_norms
-from featurenorm.model_weights import architecture_module, build_configured
-from featurenorm.models.blocks import candidate_blocks
+from featurenorm.core.tap import block_feature_norms
+from featurenorm.training.weights import architecture_module, build_configured
+from featurenorm.core.blocks import candidate_blocks
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

@@ -118,7 +118,7 @@ def load_split(cfg: Config, train: bool) -> Split:
     When the config's benchmark lists its ID images (OpenOOD v1.5), the split is read from that
     list instead of from our own copy of the dataset.
     """
-    from .benchmarks import benchmark_entry
+    from ..benchmarks import benchmark_entry
 
     kind, root = resolve_id_dataset(cfg)
     entry = benchmark_entry(cfg.benchmark, kind)

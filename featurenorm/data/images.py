@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
-from .benchmarks import BENCHMARKS
+from ..benchmarks import BENCHMARKS
 from .datasets import Split, is_image_file
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import UserError
-from .benchmarks import BenchmarkEntry
+from ..benchmarks import BenchmarkEntry
 from .datasets import NUM_CLASSES, Split
 
 

@@ -1,6 +1,6 @@
 """OOD test sets: which ones a run scores, and batches of their images on the device.
 
-The benchmarks are data, not code: :data:`~featurenorm.data.benchmarks.BENCHMARKS` lists, per
+The benchmarks are data, not code: :data:`~featurenorm.benchmarks.BENCHMARKS` lists, per
 benchmark and ID dataset, the OOD sets in report order. The ``paper`` benchmark follows Yu et al.,
 CVPR 2023, Tables 1-2: the six far-OOD sets SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and
 Places365, then the near-OOD CIFAR set (CIFAR-100 for CIFAR-10 and vice versa); a set takes part
@@ -42,7 +42,7 @@ import torch
 
 from ..config import Config
 from ..errors import UserError
-from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry  # noqa: F401
+from ..benchmarks import BENCHMARKS, DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry  # noqa: F401
 from .batches import ImageBatches, UnreadableImagesWarning, describe_unreadable  # noqa: F401
 from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, is_image_file, load_cifar
 from .idx import IDX_KINDS, find_idx_folder, load_idx

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import io
+from .. import files as io
 from ..errors import UserError
 from .context import FULL, NUM_CLASSES, SCHEMA, STEPS, TINY, CheckContext, Sizes, StepResult, peak_bf16
 from .data import make_data

@@ -28,7 +28,7 @@ def _read_log(save_dir: Path) -> list[dict[str, Any]]:
 def _timed_forward(model: torch.nn.Module, batches: Sequence[torch.Tensor], amp: torch.dtype | None,
                    device: torch.device) -> float:
     """Seconds of a bare ``model(x)`` over ``batches`` (inference mode, ``amp``), after one warm-up batch."""
-    from ..timing import timed
+    from ..tools.timing import timed
     from ..runtime import autocast
 
     def forward(items: Sequence[torch.Tensor]) -> None:
@@ -52,7 +52,7 @@ def _eval_batches(cfg: Config, images: torch.Tensor, labels: torch.Tensor, devic
 
 def _bench(ctx: CheckContext, figure: str) -> dict[str, Any]:
     """One benchmark figure, measured as ``scripts/benchmark.py --device D`` measures it (tiny: smaller)."""
-    from ..benchmark import default_settings, run_benchmark
+    from ..tools.throughput import default_settings, run_benchmark
 
     settings = default_settings(str(ctx.device), **ctx.sizes.bench)
     report = run_benchmark(settings, figures=(figure,))
@@ -64,7 +64,7 @@ def _bench(ctx: CheckContext, figure: str) -> dict[str, Any]:
 
 def step_train(ctx: CheckContext, result: StepResult) -> None:
     """Two epochs in-process: seconds per epoch with compile time apart, images/s, memory, FLOP fraction."""
-    from ..engine import train
+    from ..training.loop import train
     from ..runtime import amp_dtype
 
     cfg = ctx.config()
@@ -137,10 +137,10 @@ def _torchrun_train(ctx: CheckContext, *args: str) -> tuple[subprocess.Completed
 
 def step_torchrun(ctx: CheckContext, result: StepResult) -> None:
     """train.py under torchrun: the process group's backend, the checkpoint, and resuming from it."""
-    from ..checkpoint import load_for_config, read_checkpoint
+    from ..training.checkpoint import load_for_config, read_checkpoint
     from ..data.datasets import load_split
     from ..data.loaders import make_loader
-    from ..engine import evaluate_accuracy, train
+    from ..training.loop import evaluate_accuracy, train
     from ..runtime import amp_dtype
 
     expected = "nccl" if ctx.device.type == "cuda" else "gloo"
@@ -185,10 +185,10 @@ def step_torchrun(ctx: CheckContext, result: StepResult) -> None:
 
 def step_select_block(ctx: CheckContext, result: StepResult) -> None:
     """run_selection on ``selection_images`` training images vs a bare forward over the same 2N images."""
-    from ..checkpoint import load_for_config
+    from ..training.checkpoint import load_for_config
     from ..data.datasets import load_split
     from ..runtime import amp_dtype
-    from ..selection import run_selection
+    from ..selection.api import run_selection
 
     cfg = ctx.config()
     checkpoint = ctx.checkpoint()
@@ -226,9 +226,9 @@ def step_select_block(ctx: CheckContext, result: StepResult) -> None:
 
 def step_eval_ood(ctx: CheckContext, result: StepResult) -> None:
     """run_evaluation with every method on the ID test set and both OOD sets."""
-    from ..evaluation import run_evaluation
+    from ..evaluation.api import run_evaluation
     from ..methods import method_names
-    from ..metrics import METRIC_KEYS
+    from ..core.metrics import METRIC_KEYS
 
     cfg = ctx.config()
     checkpoint = ctx.checkpoint()
@@ -278,9 +278,9 @@ def relative_difference(approx: torch.Tensor, reference: torch.Tensor) -> float:
 
 def step_bf16(ctx: CheckContext, result: StepResult) -> None:
     """FeatureNorm of every block on one test batch, bf16 autocast vs fp32: largest relative difference."""
-    from ..checkpoint import load_for_config
+    from ..training.checkpoint import load_for_config
     from ..data.datasets import load_split
-    from ..features import block_feature_norms
+    from ..core.tap import block_feature_norms
     from ..models import block_names, build_model
     from ..runtime import autocast
 

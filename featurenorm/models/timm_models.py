@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from ..layouts import CHANNELS_FIRST, CHANNELS_LAST, Layout, tokens
+from ..core.layouts import CHANNELS_FIRST, CHANNELS_LAST, Layout, tokens
 from .registry import Builder, register_family
 
 PREFIX = "timm/"

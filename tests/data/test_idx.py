@@ -166,7 +166,7 @@ def test_fashion_mnist_trained_selected_and_scored_through_the_tools(tmp_path, c
     assert "rgb" in capsys.readouterr().out
 
     cfg = load_config(str(path))
-    from featurenorm.checkpoint import load_checkpoint
+    from featurenorm.training.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(run / "last.pt")
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))

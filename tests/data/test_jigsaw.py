@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from featurenorm.data.jigsaw import apply_permutation, jigsaw, sample_permutations, tile_sizes
+from featurenorm.selection.jigsaw import apply_permutation, jigsaw, sample_permutations, tile_sizes
 
 
 def seeded(seed: int) -> torch.Generator:

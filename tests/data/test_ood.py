@@ -75,7 +75,7 @@ def test_benchmark_tables_follow_the_paper_order():
     # the paper's ImageNet protocol (MOS's four subsets), in the paper's column order
     assert BENCHMARKS["imagenet_four"]["datasets"] == {"imagenet": {"ood": ("inaturalist", "sun", "places", "textures")}}
     # OpenOOD v1.5's ImageNet-1K groups, Textures read from images_classic/
-    from featurenorm.data.benchmarks import benchmark_entry
+    from featurenorm.benchmarks import benchmark_entry
 
     entry = benchmark_entry("openood_v1.5", "imagenet")
     assert entry.groups == {"near": ("ssb_hard", "ninco"), "far": ("inaturalist", "textures", "openimage_o")}

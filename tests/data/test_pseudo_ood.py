@@ -6,9 +6,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from featurenorm.data import pseudo_ood
-from featurenorm.data.jigsaw import apply_permutation, sample_permutations
-from featurenorm.data.pseudo_ood import (PSEUDO_OOD, kind_generator, make_pseudo_ood, parse_pseudo_ood,
+from featurenorm.selection import pseudo_ood
+from featurenorm.selection.jigsaw import apply_permutation, sample_permutations
+from featurenorm.selection.pseudo_ood import (PSEUDO_OOD, kind_generator, make_pseudo_ood, parse_pseudo_ood,
                                          pseudo_ood_names, register_pseudo_ood)
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
+from .errors import UserError
 
 DEFAULT_BENCHMARK = "paper"
 RESIZE_MODES = ("stretch", "shorter_side_crop")

@@ -6,9 +6,9 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .block_norms import model_device
-from .features import block_feature_norms
-from .selection import BlockSelection, select_block
+from ..selection.collect import model_device
+from ..core.tap import block_feature_norms
+from ..selection.api import BlockSelection, select_block
 
 
 class FeatureNormDetector:

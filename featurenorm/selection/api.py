@@ -4,9 +4,9 @@ The block whose FeatureNorm best separates ID training images from their own jig
 is used for OOD scoring. Separation is measured by NormRatio, the mean over images of
 FN(x) / FN(jigsaw(x)); the AUROC of ID vs. puzzles is reported alongside as an alternative
 criterion. Other kinds of pseudo-OOD made from the same ID images
-(:mod:`featurenorm.data.pseudo_ood`) can be measured beside the jigsaw, each with its NormRatio
+(:mod:`featurenorm.selection.pseudo_ood`) can be measured beside the jigsaw, each with its NormRatio
 and AUROC at every block, and the ``mean_rank`` criterion combines them. The helpers are pure
-functions of the FeatureNorms that :mod:`featurenorm.block_norms` collects; :func:`run_selection`,
+functions of the FeatureNorms that :mod:`featurenorm.selection.collect` collects; :func:`run_selection`,
 the select_block.py run, loads the checkpoint and data, writes ``block_selection.json`` and the plot.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .block_norms import JIGSAW, BlockNorms, check_finite_norms, collect_block_norms, collect_sharded_norms
-from .config import CRITERIA
-from .errors import UserError
+from .collect import JIGSAW, BlockNorms, check_finite_norms, collect_block_norms, collect_sharded_norms
+from ..config import CRITERIA
+from ..errors import UserError
 from .criteria import WEAK_AUROC, choose_block, selection_warnings
-from .metrics import auroc
+from ..core.metrics import auroc
 
 # Keeps NormRatio finite when a block is completely silent on a puzzle (all channels dead);
 # far below any FeatureNorm of a live block, so other ratios are unaffected.
@@ -124,7 +124,7 @@ class BlockSelection:
     def plot(self, path, title: str | None = None):
         """Bar chart of NormRatio per block, the selected one highlighted (with several kinds, also each
         kind's NormRatio and AUROC); returns the path written."""
-        from . import plots
+        from ..reporting import plots
 
         what = self.arch or "model"
         title = title or f"{what}: NormRatio per block ({self.num_samples} ID images, grid {self.grid})"
@@ -142,7 +142,7 @@ def check_pseudo_ood(kinds: str | Sequence[str], criterion: str = "norm_ratio") 
     Raises:
         ValueError: an unknown kind, a list without the jigsaw, or one kind for ``mean_rank``.
     """
-    from .data.pseudo_ood import parse_pseudo_ood
+    from .pseudo_ood import parse_pseudo_ood
 
     names = parse_pseudo_ood(kinds)
     if JIGSAW not in names:
@@ -190,7 +190,7 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
         criterion: ``norm_ratio`` (the paper's), ``auroc`` (ID vs. puzzles, by FeatureNorm) or
             ``mean_rank`` (several kinds; see :data:`featurenorm.config.CRITERIA`).
         pseudo_ood: the pseudo-OOD kinds to measure, a list or ``"jigsaw,blur"`` or ``"all"``
-            (see :mod:`featurenorm.data.pseudo_ood`); the jigsaw must be among them.
+            (see :mod:`featurenorm.selection.pseudo_ood`); the jigsaw must be among them.
         mean: the loader's normalization mean per channel (default: the config's, 0.5); the ``noise``
             kind clips to the valid pixel range with ``mean`` and ``std``.
         std: the loader's normalization std per channel (default: the config's, 0.5).
@@ -198,7 +198,7 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
 
     Weak or conflicting evidence (see :meth:`BlockSelection.warnings`) is reported with ``warnings.warn``.
     """
-    from .models.blocks import candidate_blocks
+    from ..core.blocks import candidate_blocks
 
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
@@ -228,13 +228,13 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     :data:`featurenorm.data.datasets.TRAIN_SUBSAMPLES`). Returns the selection on every rank; rank 0 writes and
     reports weak or conflicting evidence with ``warnings.warn``.
     """
-    from . import io
-    from .checkpoint import load_run_model
-    from .data.datasets import load_split, train_subsample_size
-    from .data.jigsaw import sample_permutations
-    from .data.batches import split_batches
-    from .models.blocks import candidate_blocks
-    from .runtime import amp_dtype, init_distributed, shutdown_distributed
+    from .. import files as io
+    from ..training.checkpoint import load_run_model
+    from ..data.datasets import load_split, train_subsample_size
+    from .jigsaw import sample_permutations
+    from ..data.batches import split_batches
+    from ..core.blocks import candidate_blocks
+    from ..runtime import amp_dtype, init_distributed, shutdown_distributed
 
     grid = grid if grid is not None else cfg.jigsaw_grid
     seed = seed if seed is not None else cfg.seed

@@ -16,15 +16,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import io
+from .. import files as io
 from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
-from .config import Config
-from .data.datasets import load_split, num_classes_of
-from .data.loaders import make_loader
-from .errors import UserError
-from .model_weights import build_configured
+from ..config import Config
+from ..data.datasets import load_split, num_classes_of
+from ..data.loaders import make_loader
+from ..errors import UserError
+from .weights import build_configured
 from .stopping import SignalFlag, StopRequested
-from .runtime import Dist, amp_dtype, progress_bar, autocast, git_commit, init_distributed, shutdown_distributed
+from ..runtime import Dist, amp_dtype, progress_bar, autocast, git_commit, init_distributed, shutdown_distributed
 
 
 def seed_everything(seed: int) -> None:

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import STATE_DICT_KEYS, _torch_load, foreign_state_dict, load_foreign_weights
-from .config import Config
-from .errors import UserError
-from .models import build_model
+from ..config import Config
+from ..errors import UserError
+from ..models import build_model
 
 # where torchvision and timm classifiers keep their output layer, for a file's class count
 HEAD_KEYS = ("fc", "head", "classifier", "head.fc", "heads.head", "classifier.1", "classifier.3", "classifier.6")
@@ -46,7 +46,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def architecture_module(model: nn.Module) -> nn.Module:
     """The module whose keys are timm's or torchvision's own: the wrapped timm network, else the model."""
-    from .models.timm_models import TimmClassifier
+    from ..models.timm_models import TimmClassifier
 
     return model.net if isinstance(model, TimmClassifier) else model
 

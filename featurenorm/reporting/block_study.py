@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import CRITERIA
-from .criteria import choose_block, row_kinds
+from ..config import CRITERIA
+from ..selection.criteria import choose_block, row_kinds
 from .seed_tables import Run, read_run
 from .summary import mean_std
 

@@ -1,8 +1,8 @@
 """The figures: NormRatio per block, FeatureNorm histograms of ID against each OOD set, and NormRatio
 beside the per-block OOD AUROC.
 
-Every figure is saved atomically (``featurenorm.io``) at :data:`DPI` and closed. Metrics are fractions
-in the results and percent on the axes, like the tables of :mod:`featurenorm.report`.
+Every figure is saved atomically (``featurenorm.files``) at :data:`DPI` and closed. Metrics are fractions
+in the results and percent on the axes, like the tables of :mod:`featurenorm.reporting.tables`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from featurenorm.errors import UserError
-from featurenorm.io import atomic_path
-from featurenorm.results import AVERAGE, to_percent
+from featurenorm.files import atomic_path
+from featurenorm.evaluation.results import AVERAGE, to_percent
 
 if TYPE_CHECKING:  # pyplot is imported lazily so that importing this module stays cheap
     from matplotlib.figure import Figure
@@ -61,7 +61,7 @@ def bar_figure_size(num_blocks: int, panels: int = 1) -> tuple[float, float]:
 
 def _kind_figures(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
     """``{kind: (num_blocks,) float}`` of one per-kind figure (``norm_ratio`` or ``auroc``); NaN where missing."""
-    from featurenorm.criteria import row_kinds
+    from featurenorm.selection.criteria import row_kinds
 
     kinds = list(row_kinds(rows[0])) if rows else []
     return {kind: np.array([np.nan if row_kinds(row).get(kind, {}).get(key) is None
@@ -141,7 +141,7 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
 
     NormRatio = (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)) at a block, the per-image ratio of the
     FeatureNorm of an ID image to that of its own jigsaw puzzle, averaged (Yu et al., CVPR
-    2023; see :func:`featurenorm.selection.norm_ratio`); the block with the largest ratio is
+    2023; see :func:`featurenorm.selection.api.norm_ratio`); the block with the largest ratio is
     selected. A dashed line marks 1.0. When the rows hold several pseudo-OOD kinds, a second
     panel draws each kind's ID-vs-kind AUROC per block (its NormRatio range in the legend).
 
@@ -173,7 +173,7 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
 def _draw_kind_aurocs(ax, names: Sequence[str], aurocs: Mapping[str, np.ndarray],
                       ratios: Mapping[str, np.ndarray], selected_at: int | None) -> None:
     """One line per pseudo-OOD kind: the ID-vs-kind AUROC at each block, its NormRatio in the legend's range."""
-    from featurenorm.criteria import WEAK_AUROC
+    from featurenorm.selection.criteria import WEAK_AUROC
 
     positions = np.arange(len(names))
     for number, (kind, values) in enumerate(aurocs.items()):

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import CRITERIA
-from .errors import UserError
-from .results import AVERAGE
-from .criteria import choose_block
+from ..config import CRITERIA
+from ..errors import UserError
+from ..evaluation.results import AVERAGE
+from ..selection.criteria import choose_block
 from .summary import MeanStd, RunsSummary, format_summary, mean_std, summarize_results
 
 

@@ -11,18 +11,18 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .block_norms import model_device
-from .data.batches import gather_in_order
-from .features import FeatureTap
-from .methods import ModelParts, Outputs
-from .runtime import autocast, progress_bar
+from ..selection.collect import model_device
+from ..data.batches import gather_in_order
+from ..core.tap import FeatureTap
+from ..methods import ModelParts, Outputs
+from ..runtime import autocast, progress_bar
 
 
 @dataclass
 class Scorer:
     """Everything one batch needs: the model, the methods and which blocks to tap.
 
-    ``forward_features``/``head`` default to :func:`featurenorm.models.blocks.classifier_parts` of the model.
+    ``forward_features``/``head`` default to :func:`featurenorm.core.blocks.classifier_parts` of the model.
     """
 
     model: nn.Module
@@ -36,7 +36,7 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.forward_features is None or self.head is None:
-            from .models.blocks import classifier_parts
+            from ..core.blocks import classifier_parts
 
             self.forward_features, self.head = classifier_parts(self.model)
 

@@ -1,9 +1,9 @@
 """Per-image FeatureNorms of every block for ID images and their pseudo-OOD images: the collection loops
-that block selection (:mod:`featurenorm.selection`) reads.
+that block selection (:mod:`featurenorm.selection.api`) reads.
 
 Each batch is one forward pass over the ID images and every pseudo-OOD kind made from them
-(:mod:`featurenorm.data.pseudo_ood`), stopped after the last block; each block's output is reduced to
-one FeatureNorm per image inside the hook (:class:`featurenorm.features.FeatureTap`).
+(:mod:`featurenorm.selection.pseudo_ood`), stopped after the last block; each block's output is reduced to
+one FeatureNorm per image inside the hook (:class:`featurenorm.core.tap.FeatureTap`).
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .config import Config
-from .errors import UserError
-from .features import FeatureTap
+from ..config import Config
+from ..errors import UserError
+from ..core.tap import FeatureTap
 
 # The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
 JIGSAW = "jigsaw"
@@ -65,17 +65,17 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
             their first element is used.
         blocks: module names to score.
         grid: jigsaw grid size.
-        generator: seeds the puzzles (see :func:`featurenorm.data.jigsaw.jigsaw`); its initial
+        generator: seeds the puzzles (see :func:`featurenorm.selection.jigsaw.jigsaw`); its initial
             seed also seeds the other kinds (one generator each, on the device).
         device: where to run; defaults to the device of the model's parameters.
         progress: show a tqdm bar.
-        kinds: pseudo-OOD kinds (see :mod:`featurenorm.data.pseudo_ood`).
+        kinds: pseudo-OOD kinds (see :mod:`featurenorm.selection.pseudo_ood`).
         mean, std: the normalization of the images, per channel (default: the config's defaults).
 
     Returns:
         BlockNorms with (N,) float32 CPU tensors, N the number of images seen.
     """
-    from .data.jigsaw import sample_permutations
+    from .jigsaw import sample_permutations
 
     device = torch.device(device) if device is not None else model_device(model)
     seed = generator.initial_seed() if generator is not None else torch.initial_seed()
@@ -106,7 +106,7 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
     Drawing the permutations once for the whole data set (rather than per batch) ties each
     puzzle to its image, so the jigsaw's result does not depend on batching or on sharding. The
     other kinds are drawn batch by batch on the device, one generator per kind
-    (:func:`featurenorm.data.pseudo_ood.kind_generator` of ``seed`` and ``stream``), so they are
+    (:func:`featurenorm.selection.pseudo_ood.kind_generator` of ``seed`` and ``stream``), so they are
     reproducible for a given seed, batch size and number of ranks.
 
     Args:
@@ -116,9 +116,9 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
         mean, std: the images' normalization per channel (default: the config's defaults).
         seed, stream: seed the kinds other than the jigsaw; ``stream`` separates torchrun ranks.
     """
-    from .data.jigsaw import apply_permutation
-    from .data.pseudo_ood import kind_generator, make_pseudo_ood
-    from .runtime import autocast, progress_bar
+    from .jigsaw import apply_permutation
+    from .pseudo_ood import kind_generator, make_pseudo_ood
+    from ..runtime import autocast, progress_bar
 
     kinds = list(kinds)
     # the defaults are one value repeated per channel: one value serves gray and RGB images alike
@@ -173,7 +173,7 @@ def collect_sharded_norms(model: nn.Module, batches: Iterable[tuple[torch.Tensor
         permutations: (N, grid*grid), row i the puzzle of image i of the set.
         kinds_args: ``kinds``, ``mean``, ``std``, ``seed``, ``stream`` of :func:`collect_paired_norms`.
     """
-    from .data.batches import gather_in_order
+    from ..data.batches import gather_in_order
 
     positions: list[torch.Tensor] = []
 

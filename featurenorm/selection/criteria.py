@@ -12,8 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .block_norms import JIGSAW
-from .config import CRITERIA
+from .collect import JIGSAW
+from ..config import CRITERIA
 
 # The criteria that read the jigsaw puzzles alone; the others read every measured kind.
 JIGSAW_CRITERIA = ("norm_ratio", "auroc")

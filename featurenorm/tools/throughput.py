@@ -7,11 +7,11 @@ the median over repetitions of the per-repetition ratios. Higher is better for e
 
 Figures (``TARGETS`` holds the goal of each):
 
-1. ``eval_scoring_vs_forward``: :meth:`featurenorm.scoring.Scorer.score_batch` with every
+1. ``eval_scoring_vs_forward``: :meth:`featurenorm.evaluation.scoring.Scorer.score_batch` with every
    one-pass method (all but the ODIN ones) vs ``model(x)``.
 2. ``featurenorm_early_exit_vs_forward``: the Scorer with FeatureNorm alone at a block before
    the last, where the forward pass stops, vs ``model(x)``.
-3. ``selection_vs_forward``: :func:`featurenorm.block_norms.collect_paired_norms` over every block
+3. ``selection_vs_forward``: :func:`featurenorm.selection.collect.collect_paired_norms` over every block
    (puzzles made with ``apply_permutation``) vs ``model(x)`` on the same 2B images.
 4. ``train_pipeline_vs_compute``: training steps fed by :class:`featurenorm.data.loaders.DeviceLoader`
    (uint8 -> crop/flip -> normalize) vs the same steps on batches already on the device.
@@ -34,16 +34,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .block_norms import collect_paired_norms
-from .config import Config
-from .data.jigsaw import sample_permutations
-from .data.loaders import DeviceLoader
-from .errors import UserError
-from .evaluation import uses_block
-from .methods import build_method, method_names
-from .models import block_names, build_model
-from .runtime import amp_dtype, autocast, device_name, peak_rss_mib, resolve_device
-from .scoring import Scorer
+from ..selection.collect import collect_paired_norms
+from ..config import Config
+from ..selection.jigsaw import sample_permutations
+from ..data.loaders import DeviceLoader
+from ..errors import UserError
+from ..evaluation.api import uses_block
+from ..methods import build_method, method_names
+from ..models import block_names, build_model
+from ..runtime import amp_dtype, autocast, device_name, peak_rss_mib, resolve_device
+from ..evaluation.scoring import Scorer
 from .timing import Paired, measure_pair, timed
 
 # figure -> (comparison, goal); shared_pass_speedup's goal is a fraction of K (see ``target_met``).
@@ -136,7 +136,7 @@ def scoring_methods(model: nn.Module, settings: BenchSettings, generator: torch.
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                amp: torch.dtype | None) -> torch.Tensor:
-    """One SGD step as :func:`featurenorm.engine.train` takes it. Returns the loss (on the device)."""
+    """One SGD step as :func:`featurenorm.training.loop.train` takes it. Returns the loss (on the device)."""
     with autocast(amp, x.device):
         loss = F.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import UserError
-from .results import AVERAGE, to_percent
+from ..errors import UserError
+from ..evaluation.results import AVERAGE, to_percent
 
 PAPER_RESULTS_PATH = Path(__file__).with_name("paper_results.json")
 

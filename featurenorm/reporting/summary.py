@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .errors import UserError
-from .results import AVERAGE
+from ..errors import UserError
+from ..evaluation.results import AVERAGE
 
 METRICS = ("fpr95", "auroc")
 METRIC_LABELS = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out"}

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import io
-from .block_norms import model_device
-from .checkpoint import WeightsSource
-from .config import Config
+from .. import files as io
+from ..selection.collect import model_device
+from ..training.checkpoint import WeightsSource
+from ..config import Config
 from .scoring import collect_features
 
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
@@ -57,7 +57,7 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
 
     Returns ``{method: "cached" | "fitted"}``.
     """
-    from .models.blocks import classifier_parts
+    from ..core.blocks import classifier_parts
 
     fitting = {name: m for name, m in methods.items() if m.fits}
     if not fitting:

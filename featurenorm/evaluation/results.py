@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .errors import UserError
-from .metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
+from ..errors import UserError
+from ..core.metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 
 if TYPE_CHECKING:  # torch stays out of this module, which the tables and the comparisons import
     from .scoring import DatasetScores

@@ -3,9 +3,9 @@
 One forward pass per batch yields the penultimate features, the logits and the selected
 block's FeatureNorm; every feature/logit method scores from those. ODIN-style methods need
 input gradients and run their own pass. When only ``featurenorm`` is asked for, the forward
-pass stops after the selected block. The per-batch loop is :mod:`featurenorm.scoring`, the fit of the
-methods that learn ID-train statistics :mod:`featurenorm.fit_cache`, and the ``ood_results.json`` dict
-:func:`featurenorm.results.assemble_results`.
+pass stops after the selected block. The per-batch loop is :mod:`featurenorm.evaluation.scoring`, the fit of the
+methods that learn ID-train statistics :mod:`featurenorm.evaluation.fits`, and the ``ood_results.json`` dict
+:func:`featurenorm.evaluation.results.assemble_results`.
 """
 from __future__ import annotations
 
@@ -19,22 +19,23 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from . import plots, report
-from .block_norms import model_device
-from .checkpoint import load_run_model
-from .config import Config
-from .data.batches import ImageBatches, split_batches
-from .data.benchmarks import benchmark_entry
-from .data.datasets import load_split, resolve_id_dataset
-from .errors import UserError
-from .fit_cache import fit_with_cache
-from .methods import METHODS, build_method, method_names
-from .methods.base import PAPER_METHOD
-from .models.blocks import candidate_blocks, classifier_parts
+from ..reporting import plots
+from ..reporting import tables as report
+from ..selection.collect import model_device
+from ..training.checkpoint import load_run_model
+from ..config import Config
+from ..data.batches import ImageBatches, split_batches
+from ..benchmarks import benchmark_entry
+from ..data.datasets import load_split, resolve_id_dataset
+from ..errors import UserError
+from .fits import fit_with_cache
+from ..methods import METHODS, build_method, method_names
+from ..methods.base import PAPER_METHOD
+from ..core.blocks import candidate_blocks, classifier_parts
 from .results import ResultsMeta, assemble_results
-from .runtime import amp_dtype, init_distributed, shutdown_distributed
+from ..runtime import amp_dtype, init_distributed, shutdown_distributed
 from .scoring import DatasetScores, Scorer, collect_features, score_dataset
-from .selection import select_block
+from ..selection.api import select_block
 
 # Seed of the fitted methods' ID-train subsample (ImageNet): fixed, so that every run fits on the same images.
 FIT_SUBSAMPLE_SEED = 0
@@ -114,7 +115,7 @@ class Evaluation:
 
 def _build_methods(methods: Sequence[Any], cfg: Config | None) -> dict[str, Any]:
     """Names are built with the hyperparameters of ``cfg`` (the defaults when None); instances are kept."""
-    from .methods.base import Method
+    from ..methods.base import Method
 
     cfg = cfg or Config()
     built = {}
@@ -226,7 +227,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
                    ood_specs: Sequence[str] = (), save_scores: bool = False, all_blocks: bool = False,
                    progress: bool = True) -> Evaluation:
     """eval_ood.py: load the run's model and data, :func:`evaluate_scores`, and write the results (rank 0)."""
-    from .data.ood import open_ood
+    from ..data.ood import open_ood
 
     names = parse_methods(methods)
     info, device = init_distributed(cfg)
@@ -280,7 +281,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
 
 def _fit_batches(cfg: Config, device: torch.device) -> ImageBatches:
     """The ID-train images the fitted methods read: all, or a seeded subsample (``fit_samples``; ImageNet: 1%)."""
-    from .data.datasets import seeded_subsample, train_subsample_size
+    from ..data.datasets import seeded_subsample, train_subsample_size
 
     split = load_split(cfg, train=True)
     count = train_subsample_size(cfg, "fit", len(split))
@@ -290,7 +291,7 @@ def _fit_batches(cfg: Config, device: torch.device) -> ImageBatches:
 
 def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict[str, str]]:
     """The OOD sources that exist, and ``{name: reason}`` for those skipped (each reported on stderr)."""
-    from .data.ood import benchmark_names, check_ood_source, resolve_ood_sources
+    from ..data.ood import benchmark_names, check_ood_source, resolve_ood_sources
 
     id_kind, _ = resolve_id_dataset(cfg)
     sources, skipped = resolve_ood_sources(cfg, ood_specs, id_kind)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from ..layouts import CHANNELS_LAST, Layout, tokens
+from .layouts import CHANNELS_LAST, Layout, tokens
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,7 +44,7 @@ def candidate_blocks(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPU
     if names is not None:
         return list(names)
     if _is_timm(model):
-        from .timm_models import stage_blocks
+        from ..models.timm_models import stage_blocks
         return stage_blocks(model)
     known = _torchvision_blocks(model)
     if known is not None:
@@ -63,13 +63,13 @@ def block_layouts(model: nn.Module) -> dict[str, Layout | None] | None:
     - timm models: every stage block has the model's layout (see
       :func:`featurenorm.models.timm_models.net_layout`; None values when it cannot be told);
     - torchvision Swin (channels-last ``features.i.j``) and ViT (tokens after one class token);
-    - anything else: None (:class:`featurenorm.features.FeatureTap` reads outputs by their dimensions).
+    - anything else: None (:class:`featurenorm.core.tap.FeatureTap` reads outputs by their dimensions).
     """
     declared = getattr(model, "block_layouts", None)
     if declared is not None:
         return dict(declared)
     if _is_timm(model):
-        from .timm_models import stage_layouts
+        from ..models.timm_models import stage_layouts
         return stage_layouts(model)
     try:
         from torchvision import models as tv

@@ -1,6 +1,6 @@
-"""Turn OOD results and block-selection rows into tables and text (the figures: :mod:`featurenorm.plots`).
+"""Turn OOD results and block-selection rows into tables and text (the figures: :mod:`featurenorm.reporting.plots`).
 
-Every file is written atomically (``featurenorm.io``): a failed write leaves an
+Every file is written atomically (``featurenorm.files``): a failed write leaves an
 existing target untouched. Metrics in the results dict are fractions in [0, 1];
 tables show them in percent, rounded with ``round(100 * x, 2)``, so a value read
 back from a table equals the JSON value in percent exactly.
@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from featurenorm.errors import UserError
-from featurenorm.io import atomic_path, write_text
-from featurenorm.results import (AVERAGE, DEFAULT_TABLE_METRICS, METRIC_LABELS, methods_of, group_names,
+from featurenorm.files import atomic_path, write_text
+from featurenorm.evaluation.results import (AVERAGE, DEFAULT_TABLE_METRICS, METRIC_LABELS, methods_of, group_names,
                                  ood_set_names, to_percent)
 
 
@@ -277,10 +277,10 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
     """A fixed-width text table of the block summary, the selected row marked with ``*``.
 
     Args:
-        rows: from :func:`featurenorm.selection.summarize_blocks`.
-        selected: from :func:`featurenorm.criteria.choose_block` (or its index); None marks nothing.
+        rows: from :func:`featurenorm.selection.api.summarize_blocks`.
+        selected: from :func:`featurenorm.selection.criteria.choose_block` (or its index); None marks nothing.
     """
-    from featurenorm.criteria import row_kinds
+    from featurenorm.selection.criteria import row_kinds
 
     selected_index = selected["index"] if isinstance(selected, dict) else selected
     header = [" ", "index", "block", "shape", "id norm", "jigsaw norm", "NormRatio", "AUROC"]
@@ -310,7 +310,7 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
 
 
 def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
-    from featurenorm.criteria import average_auroc_ranks, row_kinds
+    from featurenorm.selection.criteria import average_auroc_ranks, row_kinds
 
     ranks = average_auroc_ranks(rows)
     header = [" ", "index", "block"] + list(kinds) + ["mean rank"]

@@ -79,10 +79,10 @@ class FeatureTap:
     record values (the last call wins) but get neither that check nor the early exit.
 
     Each output is brought to channels-first ``(B, C, *positions)`` by its block's
-    :class:`~featurenorm.layouts.Layout` before ``reduce`` sees it (``shapes`` records that shape):
+    :class:`~featurenorm.core.layouts.Layout` before ``reduce`` sees it (``shapes`` records that shape):
     token outputs (ViT) and channels-last maps (Swin) are read per channel, like conv maps. A
     block's layout is ``layouts[name]`` when given, else what the model declares
-    (:func:`featurenorm.models.blocks.block_layouts`). An undeclared output of 2 or 4+ dimensions is
+    (:func:`featurenorm.core.blocks.block_layouts`). An undeclared output of 2 or 4+ dimensions is
     read channels-first (PyTorch's layout for linear and conv outputs). An undeclared 3-D output is
     refused, since (B, N, C) tokens and (B, C, L) sequences look alike, and so is any undeclared block
     of a model whose declared blocks are not all channels-first.
@@ -168,7 +168,7 @@ class FeatureTap:
     def _channels_first(self, name: str, output: torch.Tensor) -> torch.Tensor:
         layout = self.layouts[name]
         if layout is None and output.dim() == 3:
-            declare = "{'%s': featurenorm.layouts.tokens(k)}" % name
+            declare = "{'%s': featurenorm.core.layouts.tokens(k)}" % name
             raise BlockError(f"block '{name}' returns a 3-D output {tuple(output.shape)}: (B, N, C) tokens or "
                              f"(B, C, L)? declare it: FeatureTap(..., layouts={declare})")
         try:
@@ -202,7 +202,7 @@ class FeatureTap:
 def _resolve_layouts(model: nn.Module, blocks: Sequence[str],
                      given: Mapping[str, Layout]) -> dict[str, Layout | None]:
     """Each block's layout: ``given``, else the model's declaration, else None (read by dimensions)."""
-    from .models.blocks import block_layouts
+    from .blocks import block_layouts
 
     declared = block_layouts(model)
     resolved: dict[str, Layout | None] = {}

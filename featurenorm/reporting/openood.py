@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 from .summary import MeanStd, mean_std
 
 LEADERBOARD_PATH = Path(__file__).with_name("openood_leaderboard.json")
@@ -96,7 +96,7 @@ def leaderboard_rows(board: Mapping[str, Any] | None = None) -> list[Leaderboard
 
 def _check_results(results: Mapping[str, Any], name: str, board: Mapping[str, Any]) -> list[str]:
     """One-line warnings for a result file that is comparable but imperfect; UserError when it is not."""
-    from .data.benchmarks import benchmark_entry
+    from ..benchmarks import benchmark_entry
 
     benchmark, id_dataset = results.get("benchmark"), results.get("id_dataset")
     if benchmark != board["benchmark"]:

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import Config, from_dict
-from .errors import UserError
-from .io import atomic_path
-from .models import build_model
+from ..config import Config, from_dict
+from ..errors import UserError
+from ..files import atomic_path
+from ..models import build_model
 
 FORMAT = "featurenorm-checkpoint/1"
 # Modules a legacy (non-zip) torch.save file imports to rebuild tensors; anything else is code.
@@ -269,7 +269,7 @@ def _placed(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
 
 def _pretrained_classes(cfg: Config) -> int | None:
     """The class count of a torchvision arch's weights (1000 for ImageNet-1K); None for other archs."""
-    from .models.torchvision_models import is_torchvision_arch, num_categories
+    from ..models.torchvision_models import is_torchvision_arch, num_categories
 
     return num_categories(cfg.arch, cfg.weights) if is_torchvision_arch(cfg.arch) else None
 
@@ -327,9 +327,9 @@ def load_run_model(cfg: Config, checkpoint: str | Path | None, device: torch.dev
 
 
 def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:
-    from .data.datasets import num_classes_of
-    from .model_weights import build_configured
-    from .models.torchvision_models import is_torchvision_arch, resolve_weights, weights_file
+    from ..data.datasets import num_classes_of
+    from .weights import build_configured
+    from ..models.torchvision_models import is_torchvision_arch, resolve_weights, weights_file
 
     torchvision = is_torchvision_arch(cfg.arch)
     if cfg.pretrained and not (torchvision or cfg.arch.startswith("timm/")):
@@ -348,7 +348,7 @@ def _built_model(cfg: Config) -> tuple[nn.Module, WeightsSource]:
     if torchvision:
         path = weights_file(resolve_weights(cfg.arch.split("/", 1)[1], cfg.weights))
         return model, WeightsSource(str(path), path)
-    from .models.timm_models import cached_weights
+    from ..models.timm_models import cached_weights
 
     path = cached_weights(cfg.arch.split("/", 1)[1])[0]  # the file it was just read from (or downloaded to)
     return model, WeightsSource(str(path), path) if path else WeightsSource(f"timm pretrained {cfg.arch[5:]}")

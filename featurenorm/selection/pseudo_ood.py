@@ -119,7 +119,7 @@ def jigsaw(images: torch.Tensor, generator: torch.Generator, *, grid: int, **_) 
 
     Keeps: every pixel, and the content of each tile (strokes, edges, local texture and colour).
     Destroys: the arrangement of the tiles, hence the object's global shape.
-    See :func:`featurenorm.data.jigsaw.jigsaw`.
+    See :func:`featurenorm.selection.jigsaw.jigsaw`.
     """
     return _jigsaw(images, grid, generator)
 
