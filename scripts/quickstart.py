@@ -5,7 +5,8 @@ import argparse
 import sys
 
 
-from featurenorm.errors import add_common_arguments, run_cli
+from featurenorm.cli import add_common_arguments
+from featurenorm.errors import run_cli
 from featurenorm.runs.quickstart import run_quickstart
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from featurenorm.training.checkpoint import load_checkpoint, read_checkpoint
-from featurenorm.data.datasets import load_split
+from featurenorm.data.splits import load_split
 from featurenorm.data.loaders import make_loader
 from featurenorm.training.loop import evaluate_accuracy
 

@@ -14,7 +14,7 @@ import torch
 
 from featurenorm.training.checkpoint import load_checkpoint, read_checkpoint
 from featurenorm.config import load_config
-from featurenorm.data.datasets import load_split
+from featurenorm.data.splits import load_split
 from featurenorm.data.loaders import DeviceLoader, make_loader
 from featurenorm.training.loop import evaluate_accuracy, train
 from featurenorm.errors import UserError

@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from featurenorm.training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from featurenorm.data.datasets import load_split
+from featurenorm.data.splits import load_split
 from featurenorm.data.loaders import DeviceLoader
 from featurenorm.errors import UserError
-from featurenorm.evaluation.api import run_evaluation
+from featurenorm.runs.evaluate import run_evaluation
 from featurenorm.core.tap import block_feature_norms
 from featurenorm.methods import build_method
 from featurenorm.core.metrics import ood_metrics
 from featurenorm.evaluation.scoring import Scorer
-from featurenorm.selection.api import run_selection
+from featurenorm.runs.select import run_selection
 
 METHODS = "featurenorm,msp,energy,knn,mahalanobis,odin,energy_blocknorm"
 

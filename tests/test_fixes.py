@@ -29,7 +29,7 @@ def test_foreign_bytes_are_a_one_line_checkpoint_error(tmp_path, payload):
 
 
 def test_all_blocks_and_block_follow_the_blocks_key(trained_digits_run, tmp_path, make_png_folder):
-    from featurenorm.evaluation.api import run_evaluation
+    from featurenorm.runs.evaluate import run_evaluation
 
     shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "last.pt")
     make_png_folder(tmp_path / "ood", 6, size=(16, 16))
@@ -43,7 +43,7 @@ def test_all_blocks_and_block_follow_the_blocks_key(trained_digits_run, tmp_path
 
 
 def test_num_samples_below_one_is_refused(trained_digits_run):
-    from featurenorm.selection.api import run_selection
+    from featurenorm.runs.select import run_selection
 
     for bad in (0, -5):
         with pytest.raises(UserError, match="--num-samples must be at least 1"):
@@ -51,7 +51,7 @@ def test_num_samples_below_one_is_refused(trained_digits_run):
 
 
 def test_a_user_method_reading_block_norm_gets_the_block(monkeypatch):
-    from featurenorm.evaluation.api import uses_block
+    from featurenorm.methods.base import uses_block
     from featurenorm.methods import base
 
     class Scaled(base.Method):
@@ -67,8 +67,8 @@ def test_a_user_method_reading_block_norm_gets_the_block(monkeypatch):
 
 
 def test_a_selection_made_for_another_checkpoint_warns(trained_digits_run, tmp_path, make_png_folder):
-    from featurenorm.evaluation.api import run_evaluation
-    from featurenorm.selection.api import run_selection
+    from featurenorm.runs.evaluate import run_evaluation
+    from featurenorm.runs.select import run_selection
 
     shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "last.pt")
     shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "other.pt")

@@ -11,8 +11,8 @@ import torch
 from featurenorm.training.checkpoint import load_checkpoint
 from featurenorm.cli import eval_main, select_main, train_main
 from featurenorm.errors import run_cli
-from featurenorm.evaluation.api import run_evaluation
-from featurenorm.selection.api import run_selection
+from featurenorm.runs.evaluate import run_evaluation
+from featurenorm.runs.select import run_selection
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = "featurenorm,msp,mahalanobis"

@@ -167,7 +167,7 @@ def test_peak_tflops_flag_wins_and_cpus_have_no_peak():
 
 def test_written_data_reads_back_through_the_real_readers(tmp_path):
     from featurenorm.config import load_config
-    from featurenorm.data.datasets import load_split
+    from featurenorm.data.splits import load_split
     from featurenorm.data.ood import load_svhn_test
 
     generator = torch.Generator().manual_seed(0)

@@ -250,7 +250,8 @@ def test_weights_metadata_gives_the_preprocessing_unless_the_config_overrides_it
 # ------------------------------------------------------------------------------------ layout and table
 def test_imagenet_layout_is_recognised_and_needs_its_benchmark(tmp_path, capsys):
     from featurenorm.config import load_config
-    from featurenorm.data.datasets import load_split, resolve_id_dataset
+    from featurenorm.data.datasets import resolve_id_dataset
+    from featurenorm.data.splits import load_split
     from featurenorm.data.ood import resolve_ood_sources
 
     keys = write_replica(tmp_path)

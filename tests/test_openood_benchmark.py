@@ -24,7 +24,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from featurenorm.config import load_config
-from featurenorm.data.datasets import load_split
+from featurenorm.data.splits import load_split
 from featurenorm.data.ood import resolve_ood_sources
 from featurenorm.errors import ConfigError, UserError, run_cli
 

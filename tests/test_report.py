@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from featurenorm.reporting import plots
+from featurenorm.selection import plot as selection_plot
 from featurenorm.reporting import tables as report
 from featurenorm.errors import UserError  # noqa: E402
 
@@ -91,10 +92,10 @@ def test_hist_grid_shape_and_shared_bins():
 
 def test_selected_position_by_name_then_index():
     names = ["layer1.0", "layer2.0", "layer3.0"]
-    assert plots._selected_position(names, {"index": 0, "name": "layer3.0"}) == 2
-    assert plots._selected_position(names, {"index": 1, "name": "renamed"}) == 1
-    assert plots._selected_position(names, {"index": 9, "name": "renamed"}) is None
-    assert plots._selected_position(names, None) is None
+    assert selection_plot.selected_position(names, {"index": 0, "name": "layer3.0"}) == 2
+    assert selection_plot.selected_position(names, {"index": 1, "name": "renamed"}) == 1
+    assert selection_plot.selected_position(names, {"index": 9, "name": "renamed"}) is None
+    assert selection_plot.selected_position(names, None) is None
 
 
 # ---------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def test_bad_inputs_raise_user_error(results):
     with pytest.raises(UserError, match="methods"):
         report.results_table({"methods": {}})
     with pytest.raises(UserError, match="block rows"):
-        plots.plot_norm_ratio([], None, "unused.png")
+        selection_plot.plot_norm_ratio([], None, "unused.png")
 
 
 def test_write_ood_results_round_trips(results, tmp_path):
@@ -275,13 +276,13 @@ def _assert_png(path: Path, figsize: tuple[float, float]) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     image = plt.imread(path)
     width, height = figsize
-    assert image.shape[:2] == (round(height * plots.DPI), round(width * plots.DPI))
+    assert image.shape[:2] == (round(height * selection_plot.DPI), round(width * selection_plot.DPI))
     assert image.shape[0] > 0 and image.shape[1] > 0
     assert plt.get_fignums() == []  # the figure was closed
 
 
 def test_plot_norm_ratio_writes_png(tmp_path):
-    path = plots.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "plots" / "norm_ratio.png", title="t")
+    path = selection_plot.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "plots" / "norm_ratio.png", title="t")
     assert path == tmp_path / "plots" / "norm_ratio.png"
     _assert_png(path, plots.bar_figure_size(4))
 
@@ -312,9 +313,9 @@ KIND_ROWS = [{**row, "pseudo_ood": {"jigsaw": {"norm_ratio": row["norm_ratio"], 
 
 
 def test_plots_with_several_kinds_show_each_kind(tmp_path):
-    path = plots.plot_norm_ratio(KIND_ROWS, SELECTED, tmp_path / "norm_ratio.png")
+    path = selection_plot.plot_norm_ratio(KIND_ROWS, SELECTED, tmp_path / "norm_ratio.png")
     _assert_png(path, plots.bar_figure_size(4, panels=2))  # a second panel: each kind's AUROC per block
-    figures = plots._kind_figures(KIND_ROWS, "auroc")
+    figures = selection_plot.kind_figures(KIND_ROWS, "auroc")
     assert list(figures) == ["jigsaw", "blur"]
     np.testing.assert_array_equal(figures["blur"], [0.95, 0.95, 0.5, np.nan])
     # rank 1 = largest; the tie shares 1.5; a missing value ranks last
@@ -326,7 +327,7 @@ def test_plots_with_several_kinds_show_each_kind(tmp_path):
 
 
 def test_plot_failure_keeps_existing_png_and_closes_figure(tmp_path, monkeypatch):
-    path = plots.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "norm_ratio.png")
+    path = selection_plot.plot_norm_ratio(BLOCK_ROWS, SELECTED, tmp_path / "norm_ratio.png")
     before = path.read_bytes()
 
     def torn_savefig(self, fname, *args, **kwargs):
@@ -335,7 +336,7 @@ def test_plot_failure_keeps_existing_png_and_closes_figure(tmp_path, monkeypatch
 
     monkeypatch.setattr(Figure, "savefig", torn_savefig)
     with pytest.raises(OSError, match="disk full"):
-        plots.plot_norm_ratio(BLOCK_ROWS, None, path)
+        selection_plot.plot_norm_ratio(BLOCK_ROWS, None, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["norm_ratio.png"]
     assert plt.get_fignums() == []

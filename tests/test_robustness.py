@@ -503,8 +503,8 @@ def test_every_output_goes_through_an_atomic_rename(trained_digits_run, tmp_path
     """Train (one more epoch), select and evaluate with every optional output; spy on os.replace."""
     import dataclasses
 
-    from featurenorm.evaluation.api import run_evaluation
-    from featurenorm.selection.api import run_selection
+    from featurenorm.runs.evaluate import run_evaluation
+    from featurenorm.runs.select import run_selection
 
     run = copy_run(trained_digits_run, tmp_path / "run")
     make_png_folder(tmp_path / "ood", 4)

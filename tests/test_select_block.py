@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from featurenorm.training.checkpoint import load_checkpoint
-from featurenorm.data.datasets import load_split
+from featurenorm.data.splits import load_split
 from featurenorm.selection.jigsaw import apply_permutation, sample_permutations
 from featurenorm.data.loaders import DeviceLoader
 from featurenorm.core.tap import block_feature_norms
@@ -80,7 +80,7 @@ def test_auroc_criterion_picks_the_argmax_auroc(run_dir):
 
 
 def test_norm_ratio_equals_a_direct_computation(run_dir, trained_digits_run):
-    from featurenorm.selection.api import run_selection
+    from featurenorm.runs.select import run_selection
     from dataclasses import replace
 
     cfg = replace(trained_digits_run.cfg, save_path=str(run_dir), eval_batch_size=37)
@@ -106,7 +106,7 @@ def test_norm_ratio_equals_a_direct_computation(run_dir, trained_digits_run):
 def test_channels_last_gives_the_same_selection(run_dir, trained_digits_run):
     from dataclasses import replace
 
-    from featurenorm.selection.api import run_selection
+    from featurenorm.runs.select import run_selection
 
     cfg = replace(trained_digits_run.cfg, save_path=str(run_dir))
     plain = run_selection(cfg, num_samples=40, progress=False).to_dict()

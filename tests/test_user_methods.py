@@ -57,7 +57,7 @@ def test_user_input_gradient_method_runs_through_its_own_logits(trained_digits_r
     from PIL import Image
 
     from featurenorm.training.checkpoint import load_checkpoint
-    from featurenorm.data.datasets import load_split
+    from featurenorm.data.splits import load_split
     from featurenorm.data.loaders import DeviceLoader
 
     plugin = tmp_path / "my_methods.py"

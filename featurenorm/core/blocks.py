@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .layouts import CHANNELS_LAST, Layout, tokens
+from .timm_stages import stage_blocks, stage_layouts
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -28,7 +29,7 @@ def candidate_blocks(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPU
     """Module names, in forward order, whose outputs a FeatureNorm can be read from.
 
     - featurenorm's architectures (and anything with a ``block_names`` attribute): those names;
-    - timm models: every block of every stage (see :func:`featurenorm.models.timm_models.stage_blocks`);
+    - timm models: every block of every stage (see :func:`featurenorm.core.timm_stages.stage_blocks`);
     - torchvision ResNet/WideResNet (``layer1.0 ... layer4.N``), VGG (each conv layer read after its
       ReLU), DenseNet (dense blocks and transitions), MobileNetV2/V3 (every entry of ``features``),
       EfficientNet (every block of every stage, then the last conv), ConvNeXt (every CNBlock), Swin (every
@@ -44,7 +45,6 @@ def candidate_blocks(model: nn.Module, input_shape: Sequence[int] = DEFAULT_INPU
     if names is not None:
         return list(names)
     if _is_timm(model):
-        from ..models.timm_models import stage_blocks
         return stage_blocks(model)
     known = _torchvision_blocks(model)
     if known is not None:
@@ -61,7 +61,7 @@ def block_layouts(model: nn.Module) -> dict[str, Layout | None] | None:
 
     - a ``block_layouts`` attribute (featurenorm's timm wrapper);
     - timm models: every stage block has the model's layout (see
-      :func:`featurenorm.models.timm_models.net_layout`; None values when it cannot be told);
+      :func:`featurenorm.core.timm_stages.net_layout`; None values when it cannot be told);
     - torchvision Swin (channels-last ``features.i.j``) and ViT (tokens after one class token);
     - anything else: None (:class:`featurenorm.core.tap.FeatureTap` reads outputs by their dimensions).
     """
@@ -69,7 +69,6 @@ def block_layouts(model: nn.Module) -> dict[str, Layout | None] | None:
     if declared is not None:
         return dict(declared)
     if _is_timm(model):
-        from ..models.timm_models import stage_layouts
         return stage_layouts(model)
     try:
         from torchvision import models as tv
@@ -140,8 +139,7 @@ def _fallback_blocks(model: nn.Module, input_shape: Sequence[int]) -> list[str]:
         return hook
 
     handles = [modules[name].register_forward_hook(hook_for(name)) for name in sorted(inside_sequential)]
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
+    device = model_device(model)
     was_training = model.training
     try:
         model.eval()
@@ -214,3 +212,9 @@ def classifier_parts(model: nn.Module) -> tuple[FeaturesFn, nn.Linear]:
         return model.forward_features, model.head
     head = find_head(model)
     return _HeadInput(model, head), head
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .layouts import CHANNELS_FIRST, Layout
+from .blocks import block_layouts
 
 
 Reducer = Callable[[torch.Tensor], torch.Tensor]
@@ -202,8 +203,6 @@ class FeatureTap:
 def _resolve_layouts(model: nn.Module, blocks: Sequence[str],
                      given: Mapping[str, Layout]) -> dict[str, Layout | None]:
     """Each block's layout: ``given``, else the model's declaration, else None (read by dimensions)."""
-    from .blocks import block_layouts
-
     declared = block_layouts(model)
     resolved: dict[str, Layout | None] = {}
     for name in blocks:

@@ -15,6 +15,21 @@ from ..benchmarks import BENCHMARKS
 from .datasets import Split, is_image_file
 
 
+class UnreadableImagesWarning(UserWarning):
+    """Some images of a set could not be read and were left out."""
+
+
+MAX_LISTED_UNREADABLE = 10
+
+
+def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE,
+                        what: str = "OOD set") -> str:
+    """One message naming at most ``limit`` unreadable (or missing) files, then ``and N more``."""
+    listed = ", ".join(paths[:limit])
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"{what} '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
+
+
 def to_rgb(img):
     """Any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1) to 8-bit RGB.
 

@@ -15,6 +15,7 @@ from ..config import Config
 from ..errors import UserError
 from ..benchmarks import BenchmarkEntry
 from .datasets import NUM_CLASSES, Split
+from .images import UnreadableImagesWarning, describe_unreadable
 
 
 def benchmark_root(cfg: Config, entry: BenchmarkEntry) -> Path:
@@ -83,8 +84,6 @@ def load_list_split(cfg: Config, entry: BenchmarkEntry, train: bool) -> Split:
     Listed files that are missing or not images are left out with one warning line and recorded
     in ``Split.unreadable``: the ID loaders need every kept file to decode.
     """
-    from .ood import UnreadableImagesWarning, describe_unreadable
-
     which = "train" if train else "test"
     list_file = list_path(cfg, entry, entry.id_lists[which])
     samples = read_image_list(list_file, benchmark_root(cfg, entry) / entry.image_dir)

@@ -6,7 +6,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from ..selection.collect import model_device
+from ..core.blocks import model_device
 from ..core.tap import block_feature_norms
 from ..selection.api import BlockSelection, select_block
 

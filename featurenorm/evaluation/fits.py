@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 
 from .. import files as io
-from ..selection.collect import model_device
+from ..core.blocks import model_device
 from ..training.checkpoint import WeightsSource
 from ..config import Config
 from .scoring import collect_features
+from ..core.blocks import classifier_parts
 
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
 FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "resize_size", "interpolation", "mean", "std", "arch",
@@ -57,8 +58,6 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
 
     Returns ``{method: "cached" | "fitted"}``.
     """
-    from ..core.blocks import classifier_parts
-
     fitting = {name: m for name, m in methods.items() if m.fits}
     if not fitting:
         return {}

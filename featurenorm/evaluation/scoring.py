@@ -11,11 +11,11 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from ..selection.collect import model_device
-from ..data.batches import gather_in_order
+from ..core.blocks import model_device
 from ..core.tap import FeatureTap
 from ..methods import ModelParts, Outputs
-from ..runtime import autocast, progress_bar
+from ..runtime import autocast, gather_in_order, progress_bar
+from ..core.blocks import classifier_parts
 
 
 @dataclass
@@ -36,8 +36,6 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.forward_features is None or self.head is None:
-            from ..core.blocks import classifier_parts
-
             self.forward_features, self.head = classifier_parts(self.model)
 
     @property

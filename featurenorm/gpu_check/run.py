@@ -20,6 +20,7 @@ from ..errors import UserError
 from .context import FULL, NUM_CLASSES, SCHEMA, STEPS, TINY, CheckContext, Sizes, StepResult, peak_bf16
 from .data import make_data
 from .steps import STEP_FUNCTIONS
+from ..runtime import device_name, git_commit, amp_dtype
 
 
 def run_step(name: str, ctx: CheckContext) -> StepResult:
@@ -49,9 +50,6 @@ def _free_device_memory(device: torch.device) -> None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """The device, its name and memory, and the software versions."""
-    from ..runtime import device_name
-    from ..runtime import git_commit
-
     info: dict[str, Any] = {
         "device": str(device), "name": device_name(device), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,  # the CUDA torch was built for
@@ -112,8 +110,6 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
         ``{"schema", "passed", "seconds", "mode", "machine", "settings", "peak_bf16",
         "data", "steps": {step: {"passed", "seconds", "error", "figures", "checks", "traceback"}}}``.
     """
-    from ..runtime import amp_dtype
-
     say = log or (lambda text: None)
     started = time.perf_counter()
     torch_device = resolve_check_device(device)

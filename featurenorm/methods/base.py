@@ -207,3 +207,10 @@ def fitted(value: T | None, method: str) -> T:
 def float64_device(device: torch.device) -> torch.device:
     """Where float64 math can run: ``device`` itself, except MPS (no float64 there), which uses CPU."""
     return torch.device("cpu") if device.type == "mps" else device
+
+
+def uses_block(method: Any) -> bool:
+    """Whether a method (a name, class or instance) reads the selected block's FeatureNorm: its class says so
+    by listing ``block_norm`` in ``needs``."""
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    return cls is not None and "block_norm" in cls.needs

@@ -21,6 +21,7 @@ from ..config import CRITERIA
 from ..selection.criteria import choose_block, row_kinds
 from .seed_tables import Run, read_run
 from .summary import mean_std
+from ..selection.plot import pyplot, save_figure
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -144,9 +145,7 @@ def evidence_table(rows: Sequence[ModelRow]) -> str:
 
 def plot_evidence(rows: Sequence[ModelRow], path: str | Path) -> Path:
     """Heatmap of Spearman rho (evidence x model), development models first."""
-    from .plots import _pyplot, _save_figure
-
-    plt = _pyplot()
+    plt = pyplot()
     names = list(rows[0].correlations)
     grid = np.array([[r.correlations.get(n, math.nan) for r in rows] for n in names])
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(rows), 1.2 + 0.35 * len(names)))
@@ -158,7 +157,7 @@ def plot_evidence(rows: Sequence[ModelRow], path: str | Path) -> Path:
     ax.set_yticklabels(names, fontsize=8)
     ax.set_title("Spearman rho over blocks: evidence vs. real OOD AUROC (* = held-out)")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def run_study(development: Sequence[str | Path], held_out: Sequence[str | Path], out: str | Path) -> dict[str, Any]:

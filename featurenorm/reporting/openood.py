@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import UserError
 from .summary import MeanStd, mean_std
+from ..benchmarks import benchmark_entry
 
 LEADERBOARD_PATH = Path(__file__).with_name("openood_leaderboard.json")
 GROUPS = ("near", "far")
@@ -96,8 +97,6 @@ def leaderboard_rows(board: Mapping[str, Any] | None = None) -> list[Leaderboard
 
 def _check_results(results: Mapping[str, Any], name: str, board: Mapping[str, Any]) -> list[str]:
     """One-line warnings for a result file that is comparable but imperfect; UserError when it is not."""
-    from ..benchmarks import benchmark_entry
-
     benchmark, id_dataset = results.get("benchmark"), results.get("id_dataset")
     if benchmark != board["benchmark"]:
         raise UserError(f"{name}: results of benchmark '{benchmark or 'paper'}', not {board['benchmark']}; "

@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..evaluation.results import AVERAGE
 from ..selection.criteria import choose_block
 from .summary import MeanStd, RunsSummary, format_summary, mean_std, summarize_results
+from .plots import plot_norm_ratio_vs_auroc
 
 
 @dataclass
@@ -165,8 +166,6 @@ def block_table(runs: Sequence[Run], primary: str | None = None) -> str:
 
 def plot_mean_norm_ratio_vs_auroc(runs: Sequence[Run], path: str | Path) -> Path:
     """``norm_ratio_vs_auroc.png`` of the runs' block-by-block means (see :func:`plots.plot_norm_ratio_vs_auroc`)."""
-    from .plots import plot_norm_ratio_vs_auroc
-
     names = _check_same_blocks(runs)
     per_block = {name: {AVERAGE: {"auroc": _mean(run.block_aurocs[name] / 100.0 for run in runs)}} for name in names}
     rows = _mean_rows(runs)

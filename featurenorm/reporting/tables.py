@@ -29,6 +29,7 @@ from featurenorm.errors import UserError
 from featurenorm.files import atomic_path, write_text
 from featurenorm.evaluation.results import (AVERAGE, DEFAULT_TABLE_METRICS, METRIC_LABELS, methods_of, group_names,
                                  ood_set_names, to_percent)
+from featurenorm.selection.criteria import row_kinds, average_auroc_ranks
 
 
 # ---------------------------------------------------------------------------
@@ -280,8 +281,6 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
         rows: from :func:`featurenorm.selection.api.summarize_blocks`.
         selected: from :func:`featurenorm.selection.criteria.choose_block` (or its index); None marks nothing.
     """
-    from featurenorm.selection.criteria import row_kinds
-
     selected_index = selected["index"] if isinstance(selected, dict) else selected
     header = [" ", "index", "block", "shape", "id norm", "jigsaw norm", "NormRatio", "AUROC"]
     body = [["*" if row["index"] == selected_index else "",
@@ -310,8 +309,6 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
 
 
 def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
-    from featurenorm.selection.criteria import average_auroc_ranks, row_kinds
-
     ranks = average_auroc_ranks(rows)
     header = [" ", "index", "block"] + list(kinds) + ["mean rank"]
     body = [["*" if row["index"] == selected_index else "", str(row["index"]), row["name"]]

@@ -13,6 +13,11 @@ from typing import Sequence
 
 from ..config import Config, load_config
 from ..data.synthetic import MANIFEST, write_synthetic_ood
+from ..training.checkpoint import read_checkpoint
+from ..training.loop import train
+from .evaluate import run_evaluation
+from ..reporting.tables import format_block_table, per_block_text, results_table
+from .select import run_selection
 
 
 def _newer(output: Path, source: Path) -> bool:
@@ -26,12 +31,6 @@ def _banner(text: str) -> None:
 def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[str] = (), fresh: bool = False,
                    ood_count: int = 200, progress: bool = True) -> dict:
     """Run train -> select_block -> eval_ood on the config; return the OOD results dict."""
-    from ..training.checkpoint import read_checkpoint
-    from ..training.loop import train
-    from ..evaluation.api import run_evaluation
-    from ..reporting.tables import format_block_table, per_block_text, results_table
-    from ..selection.api import run_selection
-
     cfg: Config = load_config(config, overrides)
     save_dir = cfg.save_dir
     if fresh and save_dir.exists():

@@ -18,11 +18,13 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from .collect import JIGSAW, BlockNorms, check_finite_norms, collect_block_norms, collect_sharded_norms
-from ..config import CRITERIA
-from ..errors import UserError
-from .criteria import WEAK_AUROC, choose_block, selection_warnings
+from ..core.blocks import candidate_blocks
 from ..core.metrics import auroc
+from ..config import CRITERIA
+from .collect import JIGSAW, BlockNorms, collect_block_norms
+from .criteria import WEAK_AUROC, choose_block, selection_warnings
+from .plot import plot_norm_ratio
+from .pseudo_ood import parse_pseudo_ood
 
 # Keeps NormRatio finite when a block is completely silent on a puzzle (all channels dead);
 # far below any FeatureNorm of a live block, so other ratios are unaffected.
@@ -124,14 +126,12 @@ class BlockSelection:
     def plot(self, path, title: str | None = None):
         """Bar chart of NormRatio per block, the selected one highlighted (with several kinds, also each
         kind's NormRatio and AUROC); returns the path written."""
-        from ..reporting import plots
-
         what = self.arch or "model"
         title = title or f"{what}: NormRatio per block ({self.num_samples} ID images, grid {self.grid})"
-        return plots.plot_norm_ratio(self.rows, self.selected, path, title=title)
+        return plot_norm_ratio(self.rows, self.selected, path, title=title)
 
 
-def _emit_warnings(selection: BlockSelection) -> None:
+def emit_warnings(selection: BlockSelection) -> None:
     for note in selection.warnings():
         warnings.warn(note, stacklevel=3)
 
@@ -142,8 +142,6 @@ def check_pseudo_ood(kinds: str | Sequence[str], criterion: str = "norm_ratio") 
     Raises:
         ValueError: an unknown kind, a list without the jigsaw, or one kind for ``mean_rank``.
     """
-    from .pseudo_ood import parse_pseudo_ood
-
     names = parse_pseudo_ood(kinds)
     if JIGSAW not in names:
         raise ValueError(f"pseudo-OOD kinds must include jigsaw, the paper's kind that the table and the norm_ratio "
@@ -198,8 +196,6 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
 
     Weak or conflicting evidence (see :meth:`BlockSelection.warnings`) is reported with ``warnings.warn``.
     """
-    from ..core.blocks import candidate_blocks
-
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
     if grid < 1:
@@ -212,69 +208,5 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
                                 generator=torch.Generator().manual_seed(seed), progress=progress, kinds=kinds,
                                 mean=mean, std=std)
     selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=type(model).__name__)
-    _emit_warnings(selection)
+    emit_warnings(selection)
     return selection
-
-
-def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = None, grid: int | None = None,
-                  seed: int | None = None, criterion: str | None = None, progress: bool = True,
-                  pseudo_ood: str | Sequence[str] | None = None) -> BlockSelection:
-    """select_block.py: NormRatio of every block on the ID training images; writes the JSON and the plot.
-
-    The puzzle permutations are drawn once for the seeded subsample, so that the result does not depend
-    on batching or on torchrun sharding. ``pseudo_ood`` (default: the config's ``pseudo_ood``) adds other
-    kinds, each measured in the same forward pass. Without ``num_samples`` (and config ``selection_samples``)
-    every training image is used, except for data sets with a default subsample (ImageNet: 10,000 images, see
-    :data:`featurenorm.data.datasets.TRAIN_SUBSAMPLES`). Returns the selection on every rank; rank 0 writes and
-    reports weak or conflicting evidence with ``warnings.warn``.
-    """
-    from .. import files as io
-    from ..training.checkpoint import load_run_model
-    from ..data.datasets import load_split, train_subsample_size
-    from .jigsaw import sample_permutations
-    from ..data.batches import split_batches
-    from ..core.blocks import candidate_blocks
-    from ..runtime import amp_dtype, init_distributed, shutdown_distributed
-
-    grid = grid if grid is not None else cfg.jigsaw_grid
-    seed = seed if seed is not None else cfg.seed
-    criterion = criterion or cfg.criterion
-    num_samples = num_samples if num_samples is not None else cfg.selection_samples
-    if criterion not in CRITERIA:
-        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
-    if grid < 1:
-        raise UserError(f"--grid must be at least 1, got {grid}")
-    if num_samples is not None and num_samples < 1:
-        raise UserError(f"--num-samples must be at least 1, got {num_samples}")
-    try:
-        kinds = check_pseudo_ood(pseudo_ood if pseudo_ood is not None else cfg.pseudo_ood, criterion)
-    except ValueError as err:
-        raise UserError(f"--pseudo-ood / pseudo_ood: {err}") from None
-    info, device = init_distributed(cfg)
-    try:
-        model, weights = load_run_model(cfg, checkpoint, device)
-        blocks = list(cfg.blocks or candidate_blocks(model))
-        split = load_split(cfg, train=True)
-        total = len(split)
-        if num_samples is None:
-            num_samples = train_subsample_size(cfg, "selection", total)
-        generator = torch.Generator().manual_seed(seed)
-        chosen = torch.arange(total)
-        if num_samples is not None and num_samples < total:
-            chosen = torch.randperm(total, generator=generator)[:num_samples].sort().values
-        permutations = sample_permutations(len(chosen), cfg.image_size, cfg.image_size, grid, generator)
-        batches = split_batches(cfg, split, device, subset=chosen)
-        del split  # ImageNet's 1.3M training paths: the loader's workers need only the subsample's
-        norms = collect_sharded_norms(model, batches, permutations, blocks, grid, amp_dtype(cfg, device),
-                                      progress=progress and info.is_main, kinds=kinds, mean=cfg.mean, std=cfg.std,
-                                      seed=seed, stream=info.rank)
-        check_finite_norms(norms, weights.description)
-        selection = BlockSelection.from_norms(norms, blocks, criterion, grid, seed, arch=cfg.arch,
-                                              checkpoint=weights.description)
-        if info.is_main:
-            io.write_json(cfg.save_dir / "block_selection.json", selection.to_dict())
-            selection.plot(cfg.save_dir / "norm_ratio.png")
-            _emit_warnings(selection)
-        return selection
-    finally:
-        shutdown_distributed()

@@ -15,7 +15,11 @@ import torch.nn as nn
 
 from ..config import Config
 from ..errors import UserError
+from ..core.blocks import model_device
 from ..core.tap import FeatureTap
+from .jigsaw import sample_permutations, apply_permutation
+from .pseudo_ood import kind_generator, make_pseudo_ood
+from ..runtime import autocast, gather_in_order, progress_bar
 
 # The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
 JIGSAW = "jigsaw"
@@ -40,12 +44,6 @@ class BlockNorms:
     def jigsaw(self) -> dict[str, torch.Tensor]:
         """``{block: (N,)}`` FeatureNorms of the jigsaw puzzles."""
         return self.pseudo[JIGSAW]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a model without parameters)."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequence[str], grid: int = 3,
@@ -75,8 +73,6 @@ def collect_block_norms(model: nn.Module, batches: Iterable[Any], blocks: Sequen
     Returns:
         BlockNorms with (N,) float32 CPU tensors, N the number of images seen.
     """
-    from .jigsaw import sample_permutations
-
     device = torch.device(device) if device is not None else model_device(model)
     seed = generator.initial_seed() if generator is not None else torch.initial_seed()
 
@@ -116,10 +112,6 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
         mean, std: the images' normalization per channel (default: the config's defaults).
         seed, stream: seed the kinds other than the jigsaw; ``stream`` separates torchrun ranks.
     """
-    from .jigsaw import apply_permutation
-    from .pseudo_ood import kind_generator, make_pseudo_ood
-    from ..runtime import autocast, progress_bar
-
     kinds = list(kinds)
     # the defaults are one value repeated per channel: one value serves gray and RGB images alike
     mean = list(mean) if mean is not None else Config().mean[:1]
@@ -173,8 +165,6 @@ def collect_sharded_norms(model: nn.Module, batches: Iterable[tuple[torch.Tensor
         permutations: (N, grid*grid), row i the puzzle of image i of the set.
         kinds_args: ``kinds``, ``mean``, ``std``, ``seed``, ``stream`` of :func:`collect_paired_norms`.
     """
-    from ..data.batches import gather_in_order
-
     positions: list[torch.Tensor] = []
 
     def paired():  # each image with its own row of the permutation table

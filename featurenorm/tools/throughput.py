@@ -39,7 +39,7 @@ from ..config import Config
 from ..selection.jigsaw import sample_permutations
 from ..data.loaders import DeviceLoader
 from ..errors import UserError
-from ..evaluation.api import uses_block
+from ..methods.base import uses_block
 from ..methods import build_method, method_names
 from ..models import block_names, build_model
 from ..runtime import amp_dtype, autocast, device_name, peak_rss_mib, resolve_device

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .. import files as io
 from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from ..config import Config
-from ..data.datasets import load_split, num_classes_of
+from ..data.datasets import num_classes_of
+from ..data.splits import load_split
 from ..data.loaders import make_loader
 from ..errors import UserError
 from .weights import build_configured

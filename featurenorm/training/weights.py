@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import STATE_DICT_KEYS, _torch_load, foreign_state_dict, load_foreign_weights
+from .state_dicts import STATE_DICT_KEYS, foreign_state_dict, load_foreign_weights, torch_load
 from ..config import Config
 from ..errors import UserError
 from ..models import build_model
+from ..models.timm_models import TimmClassifier
 
 # where torchvision and timm classifiers keep their output layer, for a file's class count
 HEAD_KEYS = ("fc", "head", "classifier", "head.fc", "heads.head", "classifier.1", "classifier.3", "classifier.6")
@@ -36,7 +37,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own error types for damaged headers
             raise UserError(f"weights_file '{path}' is not a readable safetensors file ({err})") from None
     else:
-        state = _torch_load(path)
+        state = torch_load(path)
     weights = foreign_state_dict(state)
     if weights is None:
         raise UserError(f"weights_file '{path}' holds no state_dict (looked under {', '.join(STATE_DICT_KEYS)}); "
@@ -46,8 +47,6 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def architecture_module(model: nn.Module) -> nn.Module:
     """The module whose keys are timm's or torchvision's own: the wrapped timm network, else the model."""
-    from ..models.timm_models import TimmClassifier
-
     return model.net if isinstance(model, TimmClassifier) else model
 
 

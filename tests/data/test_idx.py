@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from featurenorm.cli import eval_main, select_main, train_main
 from featurenorm.config import load_config
-from featurenorm.data.datasets import load_split, luma, match_channels
+from featurenorm.data.datasets import luma, match_channels
+from featurenorm.data.splits import load_split
 from featurenorm.data.idx import find_idx_folder, load_idx, read_idx
 from featurenorm.errors import UserError, run_cli
 from featurenorm.models import build_model

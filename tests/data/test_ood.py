@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from featurenorm.config import Config
-from featurenorm.data.batches import merge_in_order, shard
-from featurenorm.data.ood import (BENCHMARKS, OODSource, UnreadableImagesWarning, check_ood_source,
-                                  describe_unreadable, open_ood, parse_ood_spec, resolve_ood_sources,
+from featurenorm.benchmarks import BENCHMARKS
+from featurenorm.data.images import UnreadableImagesWarning, describe_unreadable
+from featurenorm.data.ood import (OODSource, check_ood_source, open_ood, parse_ood_spec, resolve_ood_sources,
                                   subsample_paths)
+from featurenorm.runtime import merge_in_order, shard
 from featurenorm.errors import UserError
 
 SIZE = 8

@@ -103,7 +103,7 @@ def test_blocknorm_with_the_penultimate_norm_is_the_plain_method(plain, blocknor
 def test_a_user_method_is_listed_and_accepted_by_eval(monkeypatch):
     import torch
 
-    from featurenorm.evaluation.api import parse_methods
+    from featurenorm.runs.evaluate import parse_methods
     from featurenorm.methods import base
 
     class MaxFeature(base.Method):
