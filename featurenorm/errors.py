@@ -5,7 +5,7 @@ import contextlib
 import sys
 import traceback
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 
 class UserError(Exception):
@@ -14,6 +14,15 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A problem with a config file or a ``--set`` override."""
+
+
+def check_new_name(registry: Mapping[str, Any], name: str, entry: Any, what: str) -> None:
+    """The rule of every registry (models, methods, pseudo-OOD kinds): a name is held by one entry.
+
+    Registering the same entry again does nothing; another entry under a taken name is a ValueError.
+    """
+    if name in registry and registry[name] is not entry:
+        raise ValueError(f"{what} name '{name}' is registered already; register yours under another name")
 
 
 @contextlib.contextmanager

@@ -10,9 +10,8 @@ from featurenorm.reporting.paper import (
     PaperBlock,
     compare_with_paper,
     format_comparison,
+    _check_arch,
     load_paper_results,
-    paper_archs,
-    paper_fpr95_auroc,
     paper_selected_block,
 )
 
@@ -40,6 +39,14 @@ def resnet18_results() -> dict:
     }
 
 
+def paper_fpr95_auroc(arch: str, method: str, dataset: str) -> tuple[float, float] | None:
+    """One cell of the paper's CIFAR-10 table, (FPR95, AUROC) in percent; None when the paper lacks it."""
+    paper = load_paper_results()
+    _check_arch(arch, paper)
+    cell = paper["fpr95_auroc"][arch].get(method, {}).get(dataset)
+    return None if cell is None else (float(cell[0]), float(cell[1]))
+
+
 def rows_by_key(comparison) -> dict:
     return {(r.method, r.dataset): r for r in comparison.rows}
 
@@ -47,7 +54,7 @@ def rows_by_key(comparison) -> dict:
 def test_package_data_keeps_source_and_numbers():
     paper = load_paper_results()
     assert paper["source"].startswith("Yu et al., Block Selection Method for Using Feature Norm")
-    assert paper_archs() == ["resnet18", "wrn28_10", "vgg11"]
+    assert list(paper["fpr95_auroc"]) == ["resnet18", "wrn28_10", "vgg11"]
     assert paper["fpr95_auroc"]["resnet18"]["featurenorm"]["svhn"] == [7.13, 98.65]
     # A fresh copy each call: editing one cannot corrupt later lookups.
     paper["fpr95_auroc"]["resnet18"]["featurenorm"]["svhn"] = [0, 0]

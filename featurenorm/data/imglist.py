@@ -4,7 +4,7 @@ Each line of a list file is ``<path> <label>``: the path relative to the benchma
 (``<openood_root>/images_classic/``), then an integer label (``-1`` for OOD images in OpenOOD's
 lists). Blank lines are ignored. A missing list file is a one-line error naming it. Listed images
 are read by the same datasets as folders: :class:`~featurenorm.data.images.ImageListDataset` for
-the ID splits, :class:`~featurenorm.data.images.TolerantImageDataset` for OOD sets.
+the ID splits, :class:`~featurenorm.data.batches.ImageBatches` for OOD sets.
 """
 from __future__ import annotations
 

@@ -27,32 +27,10 @@ def load_paper_results() -> dict[str, Any]:
         return json.load(f)
 
 
-def paper_archs() -> list[str]:
-    """Architectures the paper reports CIFAR-10 numbers for: resnet18, wrn28_10, vgg11."""
-    return list(load_paper_results()["fpr95_auroc"])
-
-
 def _check_arch(arch: str, paper: Mapping[str, Any]) -> None:
     if arch not in paper["fpr95_auroc"]:
         raise UserError(f"the paper has no numbers for arch '{arch}'; it reports "
                         f"{', '.join(paper['fpr95_auroc'])} (pass --arch to pick one)")
-
-
-def paper_fpr95_auroc(arch: str, method: str, dataset: str) -> tuple[float, float] | None:
-    """The paper's (FPR95, AUROC) in percent for one cell of its CIFAR-10 table.
-
-    Args:
-        arch: resnet18, wrn28_10 or vgg11 (anything else raises :class:`UserError`).
-        method: e.g. ``featurenorm``, ``msp``, ``energy_react``.
-        dataset: an OOD set key (``svhn`` … ``places365``) or ``average``.
-
-    Returns:
-        ``(fpr95, auroc)`` in percent, or None when the paper has no such method or dataset.
-    """
-    paper = load_paper_results()
-    _check_arch(arch, paper)
-    cell = paper["fpr95_auroc"][arch].get(method, {}).get(dataset)
-    return None if cell is None else (float(cell[0]), float(cell[1]))
 
 
 @dataclass(frozen=True)

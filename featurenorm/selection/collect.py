@@ -17,12 +17,10 @@ from ..config import Config
 from ..errors import UserError
 from ..core.blocks import model_device
 from ..core.tap import FeatureTap
-from .jigsaw import sample_permutations, apply_permutation
-from .pseudo_ood import kind_generator, make_pseudo_ood
+from .jigsaw import sample_permutations
+from .pseudo_ood import JIGSAW, kind_generator, make_pseudo_ood
 from ..runtime import autocast, gather_in_order, progress_bar
 
-# The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
-JIGSAW = "jigsaw"
 
 
 @dataclass
@@ -128,12 +126,10 @@ def collect_paired_norms(model: nn.Module, loader: Iterable[tuple[torch.Tensor, 
             size = images.shape[0]
             pseudo = []
             for kind in kinds:
-                if kind == JIGSAW:  # from the per-image table, so that each puzzle stays tied to its image
-                    pseudo.append(images.clone() if grid == 1 else apply_permutation(images, permutations, grid))
-                    continue
                 if kind not in generators:
                     generators[kind] = kind_generator(seed, kind, images.device, stream)
-                pseudo.append(make_pseudo_ood(kind, images, generators[kind], mean=mean, std=std, grid=grid))
+                pseudo.append(make_pseudo_ood(kind, images, generators[kind], mean=mean, std=std, grid=grid,
+                                              permutations=permutations))
             with autocast(amp, images.device):
                 tap.run(model, torch.cat([images] + pseudo))
             # kept on the device: a copy to the CPU per block and batch would stall a GPU every batch

@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
-from .jigsaw import jigsaw as _jigsaw
+from ..errors import check_new_name
+from .jigsaw import apply_permutation, jigsaw
 
 # Strong blur: the Gaussian's std as a fraction of the image side (4 px on 32 x 32).
 BLUR_SIGMA_FRACTION = 1 / 8
@@ -42,14 +43,22 @@ class PseudoOODKind(Protocol):
 
 
 PSEUDO_OOD: dict[str, PseudoOODKind] = {}
+# The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
+JIGSAW = "jigsaw"
 
 
 def register_pseudo_ood(name: str) -> Callable[[PseudoOODKind], PseudoOODKind]:
-    """Decorator: make ``fn`` available as pseudo-OOD kind ``name`` (a new name, or a replacement)."""
+    """Decorator: make ``fn`` available as pseudo-OOD kind ``name``.
+
+    Raises:
+        ValueError: a name that is not letters, digits and '_', or that another function holds
+            (:func:`featurenorm.errors.check_new_name`: the rule of every registry).
+    """
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"a pseudo-OOD kind needs a name of letters, digits and '_', got {name!r}")
 
     def register(fn: PseudoOODKind) -> PseudoOODKind:
+        check_new_name(PSEUDO_OOD, name, fn, "pseudo-OOD kind")
         PSEUDO_OOD[name] = fn
         return fn
     return register
@@ -86,8 +95,11 @@ def kind_generator(seed: int, kind: str, device: torch.device | str, stream: int
 
 
 def make_pseudo_ood(kind: str, images: torch.Tensor, generator: torch.Generator, *, mean: Sequence[float],
-                    std: Sequence[float], grid: int = 3) -> torch.Tensor:
+                    std: Sequence[float], grid: int = 3, permutations: torch.Tensor | None = None) -> torch.Tensor:
     """Pseudo-OOD images of one kind for a batch. images (B, 3, H, W) -> (B, 3, H, W).
+
+    ``permutations`` (B, grid*grid), the puzzle of each image drawn for the whole data set, goes to the
+    jigsaw kind only (other kinds do not take it), so that each puzzle stays tied to its image.
 
     Raises:
         ValueError: an unknown kind, or a kind that returned the wrong shape.
@@ -96,7 +108,8 @@ def make_pseudo_ood(kind: str, images: torch.Tensor, generator: torch.Generator,
         raise ValueError(f"unknown pseudo-OOD kind '{kind}'; use one of: {', '.join(PSEUDO_OOD)}")
     if images.dim() != 4:
         raise ValueError(f"pseudo-OOD images are made from a (B, C, H, W) batch, got shape {tuple(images.shape)}")
-    pseudo = PSEUDO_OOD[kind](images, generator, mean=mean, std=std, grid=grid)
+    tied = {"permutations": permutations} if kind == JIGSAW and permutations is not None else {}
+    pseudo = PSEUDO_OOD[kind](images, generator, mean=mean, std=std, grid=grid, **tied)
     if pseudo.shape != images.shape:
         raise ValueError(f"pseudo-OOD kind '{kind}' returned shape {tuple(pseudo.shape)} for images of shape "
                          f"{tuple(images.shape)}; a kind must keep the shape")
@@ -113,15 +126,19 @@ def _channel_view(values: Sequence[float], images: torch.Tensor) -> torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------ the kinds
-@register_pseudo_ood("jigsaw")
-def jigsaw(images: torch.Tensor, generator: torch.Generator, *, grid: int, **_) -> torch.Tensor:
+@register_pseudo_ood(JIGSAW)
+def jigsaw_kind(images: torch.Tensor, generator: torch.Generator, *, grid: int,
+                permutations: torch.Tensor | None = None, **_) -> torch.Tensor:
     """The paper's kind: each image cut into grid x grid tiles, shuffled (never left in place).
 
     Keeps: every pixel, and the content of each tile (strokes, edges, local texture and colour).
     Destroys: the arrangement of the tiles, hence the object's global shape.
+    ``permutations`` (B, grid*grid): each image's puzzle, drawn beforehand; else drawn from ``generator``.
     See :func:`featurenorm.selection.jigsaw.jigsaw`.
     """
-    return _jigsaw(images, grid, generator)
+    if permutations is not None:
+        return images.clone() if grid == 1 else apply_permutation(images, permutations, grid)
+    return jigsaw(images, grid, generator)
 
 
 @register_pseudo_ood("pixel_shuffle")

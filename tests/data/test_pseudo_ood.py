@@ -129,3 +129,23 @@ def test_a_user_can_register_a_kind(monkeypatch):
         make("cropped", x)
     with pytest.raises(ValueError, match="a name of letters"):
         register_pseudo_ood("no spaces")
+
+
+def test_a_taken_name_is_refused_and_the_same_function_again_is_no_change(monkeypatch):
+    monkeypatch.setattr(pseudo_ood, "PSEUDO_OOD", dict(PSEUDO_OOD))
+    with pytest.raises(ValueError, match="pseudo-OOD kind name 'jigsaw' is registered already"):
+        register_pseudo_ood("jigsaw")(lambda images, generator, **_: images)
+    before = dict(pseudo_ood.PSEUDO_OOD)
+    register_pseudo_ood("jigsaw")(pseudo_ood.jigsaw_kind)
+    assert pseudo_ood.PSEUDO_OOD == before
+
+
+def test_the_jigsaw_goes_through_the_registry(monkeypatch):
+    """A jigsaw registered in place of the paper's is the one block selection measures."""
+    from featurenorm.selection.collect import collect_block_norms
+
+    monkeypatch.setattr(pseudo_ood, "PSEUDO_OOD", {**PSEUDO_OOD, "jigsaw": lambda images, generator, **_: images})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    norms = collect_block_norms(model, [images().float()], ["0", "2"], generator=torch.Generator().manual_seed(0),
+                                progress=False)
+    assert all(torch.equal(norms.id[block], norms.jigsaw[block]) for block in ("0", "2"))

@@ -118,3 +118,13 @@ def test_a_user_method_is_listed_and_accepted_by_eval(monkeypatch):
     assert parse_methods("msp,maxfeature") == ["msp", "maxfeature"]
     scores = MaxFeature().score(base.Outputs(features=torch.tensor([[1.0, 3.0], [-2.0, -1.0]])), None)
     assert scores.tolist() == [3.0, -1.0]
+
+
+def test_a_taken_method_name_is_refused_and_the_same_class_again_is_no_change(monkeypatch):
+    from featurenorm.methods import base
+
+    monkeypatch.setattr(base, "METHODS", dict(base.METHODS))
+    msp = base.METHODS["msp"]
+    with pytest.raises(ValueError, match="method name 'msp' is registered already"):
+        base.register_method(type("OtherMSP", (msp,), {}))
+    assert base.register_method(msp) is msp and base.METHODS["msp"] is msp
