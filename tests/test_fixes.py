@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from featurenorm import files as io
+from featurenorm import files
 from featurenorm.training.checkpoint import read_checkpoint
 from featurenorm.errors import UserError
 
 
 def test_atomic_outputs_get_ordinary_file_permissions(tmp_path):
-    io.write_json(tmp_path / "a.json", {"x": 1})
+    files.write_json(tmp_path / "a.json", {"x": 1})
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask

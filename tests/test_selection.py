@@ -13,7 +13,8 @@ from featurenorm.selection.pseudo_ood import kind_generator, make_pseudo_ood
 from featurenorm.core.metrics import auroc as _auroc  # the one AUROC, also behind every block row
 from featurenorm.reporting.tables import format_block_table
 from featurenorm.selection.criteria import average_auroc_ranks, choose_block, criterion_values, selection_warnings
-from featurenorm.selection.api import norm_ratio, select_block, summarize_blocks
+from featurenorm.selection.api import select_block
+from featurenorm.selection.ratios import norm_ratio, summarize_blocks
 
 
 def test_norm_ratio_hand_numbers():

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..methods import METHODS, build_method, method_names
 from ..methods.base import PAPER_METHOD, Method, uses_block
 from ..selection.api import select_block
-from .results import ResultsMeta, assemble_results
+from .results import FitStatus, ResultsMeta, assemble_results
 from .scoring import DatasetScores, Scorer, collect_features, score_dataset
 
 
@@ -74,7 +74,7 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
         blocks: the candidate blocks for ``all_blocks`` (default :func:`featurenorm.candidate_blocks`).
         amp: autocast dtype for the forward passes (None: full precision).
         cfg: hyperparameters of the methods given by name (default: the config defaults).
-        fitted: ``{method: how}`` for method instances already fitted (e.g. ``"cached"``); not refitted.
+        fitted: ``{method: FitStatus}`` for method instances already fitted (e.g. read from the cache); not refitted.
     """
     fitted = dict(fitted or {})
     built = _build_methods(methods, cfg)
@@ -98,7 +98,7 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
             features, labels = collect_features(forward_features, fit_loader, model_device(model), amp, progress)
             for name, method in unfitted.items():
                 method.fit(features, labels, head)
-                fit_status[name] = "fitted"
+                fit_status[name] = FitStatus.FITTED
         # only FeatureNorm asked for: the forward pass stops after the last tapped block
         need_logits = any(not uses_block(type(m)) or m.needs - {"block_norm"} or m.needs_input
                           for m in built.values())

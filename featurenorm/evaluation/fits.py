@@ -14,10 +14,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import files as io
+from .. import files
 from ..core.blocks import model_device
 from ..training.checkpoint import WeightsSource
 from ..config import Config
+from .results import FitStatus
 from .scoring import collect_features
 from ..core.blocks import classifier_parts
 
@@ -50,20 +51,20 @@ def load_cached_state(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoint: WeightsSource, fit_loader,
-                   amp, progress: bool, is_main: bool) -> dict[str, str]:
+                   amp, progress: bool, is_main: bool) -> dict[str, FitStatus]:
     """Fit (or load from ``<save_path>/cache/``) every method that needs ID-train statistics.
 
     The cache is keyed by the weights (:meth:`WeightsSource.fingerprint`), the config's :data:`FIT_KEYS`
     and the method's hyperparameters.
 
-    Returns ``{method: "cached" | "fitted"}``.
+    Returns ``{method: FitStatus}``.
     """
     fitting = {name: m for name, m in methods.items() if m.fits}
     if not fitting:
         return {}
     cache_dir = cfg.save_dir / "cache"
     ckpt_hash = checkpoint.fingerprint()
-    status: dict[str, str] = {}
+    status: dict[str, FitStatus] = {}
     missing = {}
     for name, method in fitting.items():
         path = cache_dir / f"{name}-{fit_cache_key(ckpt_hash, cfg, method)}.pt"
@@ -71,7 +72,7 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
         if state is not None:
             try:
                 method.load_state(state)
-                status[name] = "cached"
+                status[name] = FitStatus.CACHED
                 continue
             except Exception:
                 print(f"warning: cache file {path} does not fit {name}; recomputing it", file=sys.stderr)
@@ -84,8 +85,8 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
                                             progress and is_main)
         for name, (method, path) in missing.items():
             state = method.fit(features, labels, head)
-            status[name] = "fitted"
+            status[name] = FitStatus.FITTED
             if is_main:
-                with io.atomic_path(path) as tmp:
+                with files.atomic_path(path) as tmp:
                     torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     return status

@@ -7,6 +7,7 @@ mean over the sets) and, for a grouped benchmark such as OpenOOD v1.5, one entry
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -18,6 +19,15 @@ if TYPE_CHECKING:  # torch stays out of this module, which the tables and the co
     from .scoring import DatasetScores
 
 AVERAGE = "average"
+
+
+class FitStatus(str, enum.Enum):
+    """How a method that learns ID-train statistics got them; ``fit`` in the results holds the values."""
+
+    CACHED = "cached"  # read back from the fit cache
+    FITTED = "fitted"  # computed in this run
+
+
 CONVENTION = ("ID positive; FPR95 = fraction of OOD accepted at 95% ID acceptance; fpr95_openood = OpenOOD's "
               "FPR@95, OOD positive: fraction of ID rejected at 95% OOD recall")
 # The paper's two metrics: the table columns of results that name none.
@@ -69,7 +79,7 @@ class ResultsMeta:
     arch: str | None
     block: dict[str, Any] | None
     hyperparameters: dict[str, Any]
-    fit: dict[str, str]
+    fit: Mapping[str, FitStatus]
     id_dataset: str | None = None
     checkpoint: str | None = None
     seed: int | None = None
@@ -105,7 +115,7 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
         "table_metrics": list(meta.table_metrics),
         "groups": {g: [s for s in members if s in ood_scores] for g, members in meta.groups.items()},
         "hyperparameters": meta.hyperparameters,
-        "fit": meta.fit, "methods": methods,
+        "fit": {name: FitStatus(status).value for name, status in meta.fit.items()}, "methods": methods,
     }
     if all_blocks:
         per_block = {}

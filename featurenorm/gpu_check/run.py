@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import files as io
+from .. import files
 from ..errors import UserError
 from .context import FULL, NUM_CLASSES, SCHEMA, STEPS, TINY, CheckContext, Sizes, StepResult, peak_bf16
 from .data import make_data
@@ -128,7 +128,7 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
     for stale in (ctx.run_dir, ctx.torchrun_dir):
         if stale.exists():
             shutil.rmtree(stale)  # a fit cache or selection of an earlier run would skew the timings
-    io.write_json(ctx.config_path, ctx.base)
+    files.write_json(ctx.config_path, ctx.base)
     amp = amp_dtype(ctx.config(), torch_device)
     report: dict[str, Any] = {
         "schema": SCHEMA, "passed": False, "seconds": None, "mode": "tiny" if tiny else "full",
@@ -155,7 +155,7 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
             + (f" ({result.error})" if result.error else ""))
     report["passed"] = all(step["passed"] for step in report["steps"].values())
     report["seconds"] = round(time.perf_counter() - started, 3)
-    io.write_json(out / "gpu_check.json", report)
+    files.write_json(out / "gpu_check.json", report)
     return report
 
 

@@ -278,7 +278,7 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
     """A fixed-width text table of the block summary, the selected row marked with ``*``.
 
     Args:
-        rows: from :func:`featurenorm.selection.api.summarize_blocks`.
+        rows: from :func:`featurenorm.selection.ratios.summarize_blocks`.
         selected: from :func:`featurenorm.selection.criteria.choose_block` (or its index); None marks nothing.
     """
     selected_index = selected["index"] if isinstance(selected, dict) else selected

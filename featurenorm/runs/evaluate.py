@@ -26,6 +26,7 @@ from ..methods import build_method, method_names
 from ..methods.base import uses_block
 from ..reporting import plots
 from ..reporting import tables as report
+from ..selection.ratios import SelectedBlock
 from ..runtime import amp_dtype, init_distributed, shutdown_distributed
 from ..training.checkpoint import load_run_model
 
@@ -52,7 +53,8 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def resolve_block(cfg: Config, block: str | None, model: nn.Module, checkpoint: Path | None = None) -> dict[str, Any]:
+def resolve_block(cfg: Config, block: str | None, model: nn.Module,
+                  checkpoint: Path | None = None) -> SelectedBlock:
     """The block to score: ``--block`` if given, else the one block_selection.json selected."""
     if block:
         if block not in dict(model.named_modules()):

@@ -119,7 +119,7 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
 
     NormRatio = (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)) at a block, the per-image ratio of the
     FeatureNorm of an ID image to that of its own jigsaw puzzle, averaged (Yu et al., CVPR
-    2023; see :func:`featurenorm.selection.api.norm_ratio`); the block with the largest ratio is
+    2023; see :func:`featurenorm.selection.ratios.norm_ratio`); the block with the largest ratio is
     selected. A dashed line marks 1.0. When the rows hold several pseudo-OOD kinds, a second
     panel draws each kind's ID-vs-kind AUROC per block (its NormRatio range in the legend).
 

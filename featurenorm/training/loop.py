@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import files as io
+from .. import files
 from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from ..config import Config
 from ..data.datasets import num_classes_of
@@ -98,7 +98,7 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
         else:
             save_dir.mkdir(parents=True, exist_ok=True)
             (save_dir / "train_log.jsonl").unlink(missing_ok=True)
-        io.write_json(save_dir / "config.json", {**cfg.to_dict(), "git_commit": git_commit()})
+        files.write_json(save_dir / "config.json", {**cfg.to_dict(), "git_commit": git_commit()})
     train_loader = make_loader(cfg, train_split, train=True, device=device, rank=info.rank, world_size=info.world_size)
     test_loader = make_loader(cfg, test_split, train=False, device=device, rank=info.rank, world_size=info.world_size)
     metrics: dict[str, Any] = dict(state["metrics"]) if state is not None else {}
@@ -119,7 +119,7 @@ def _train(cfg: Config, info: Dist, device: torch.device, resume: bool, overwrit
             metrics = {"epoch": epoch + 1, "lr": _epoch_lr(cfg, epoch), **stats.summary(),
                        "test_acc": evaluate_accuracy(run.model, test_loader, run.amp), "seconds": round(seconds, 3)}
             if info.is_main:
-                io.append_jsonl(save_dir / "train_log.jsonl", metrics)
+                files.append_jsonl(save_dir / "train_log.jsonl", metrics)
                 if progress:
                     tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['train_loss']:.4f}  "
                                f"train {metrics['train_acc']:.4f}  test {metrics['test_acc']:.4f}  {seconds:.1f}s")
@@ -338,7 +338,7 @@ def _trim_log(path: Path, epochs_done: int) -> None:
             continue
         if isinstance(entry, dict) and entry.get("epoch", 0) <= epochs_done:
             kept.append(line + "\n")
-    io.write_text(path, "".join(kept))
+    files.write_text(path, "".join(kept))
 
 
 def _check_finite(losses: torch.Tensor, first: int, step: int, epoch: int, last_path: Path) -> None:
