@@ -5,7 +5,7 @@ atomically, finished runs are not overwritten, and selection and evaluation are 
 Each case runs the real CLI in a new process (:func:`run_script`). A process that imports torch
 costs a few seconds, so the further variants of a case run the same script's ``main`` through
 ``run_cli`` in this process (:func:`run_in_process`), which prints and returns exactly what the
-script's ``__main__`` block passes to ``sys.exit``. Interruptions are in ``test_interrupts.py``.
+script's ``__main__`` block passes to ``sys.exit``. Interruptions are in ``integration/test_interrupts.py``.
 """
 from __future__ import annotations
 

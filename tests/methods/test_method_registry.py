@@ -128,3 +128,19 @@ def test_a_taken_method_name_is_refused_and_the_same_class_again_is_no_change(mo
     with pytest.raises(ValueError, match="method name 'msp' is registered already"):
         base.register_method(type("OtherMSP", (msp,), {}))
     assert base.register_method(msp) is msp and base.METHODS["msp"] is msp
+
+
+def test_a_user_method_reading_block_norm_gets_the_block(monkeypatch):
+    from featurenorm.methods.base import uses_block
+    from featurenorm.methods import base
+
+    class Scaled(base.Method):
+        name = "scaled_norm"
+        needs = frozenset({"block_norm"})
+
+        def score(self, out, head):
+            return 2 * out.block_norm
+
+    monkeypatch.setitem(base.METHODS, "scaled_norm", Scaled)
+    assert uses_block("scaled_norm") and uses_block("featurenorm") and uses_block("msp_blocknorm")
+    assert not uses_block("msp") and not uses_block("knn")

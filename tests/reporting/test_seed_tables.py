@@ -15,7 +15,7 @@ from featurenorm.errors import UserError
 from featurenorm.reporting.seed_tables import block_table, choice_rows, choice_table, read_run, write_family_summary
 from featurenorm.reporting.summary import format_summary, summarize_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BLOCKS = ("b0", "b1", "b2")
 
 

@@ -20,7 +20,7 @@ from featurenorm.gpu_check import TINY, relative_difference
 
 pytestmark = pytest.mark.integration  # runs scripts/gpu_check.sh end to end (about 25 s)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_BLOCKS = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 
 

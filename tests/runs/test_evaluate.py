@@ -5,6 +5,8 @@ import csv
 import io as stdio
 import json
 import shutil
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +249,36 @@ def test_fit_cache_is_reused_invalidated_and_recovered(trained_digits_run, tmp_p
     from dataclasses import replace
     fifth = run_evaluation(replace(cfg, knn_k=3), methods=methods, ood_specs=specs, progress=False).results
     assert fifth["fit"] == {"knn": "fitted", "mahalanobis": "cached", "energy_react": "cached"}
+
+
+def test_all_blocks_and_block_follow_the_blocks_key(trained_digits_run, tmp_path, make_png_folder):
+    from featurenorm.runs.evaluate import run_evaluation
+
+    shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "last.pt")
+    make_png_folder(tmp_path / "ood", 6, size=(16, 16))
+    cfg = replace(trained_digits_run.cfg, save_path=str(tmp_path), blocks=["layer2.1", "layer3.1"])
+    results = run_evaluation(cfg, methods="featurenorm", block="layer3.1", all_blocks=True,
+                             ood_specs=[f"noise={tmp_path / 'ood'}"], progress=False).results
+    assert list(results["per_block"]) == ["layer2.1", "layer3.1"]
+    assert results["block"]["index"] == 1
+    assert results["per_block"]["layer3.1"]["noise"] == {
+        k: v for k, v in results["methods"]["featurenorm"]["noise"].items() if k != "num_ood"}
+
+
+def test_a_selection_made_for_another_checkpoint_warns(trained_digits_run, tmp_path, make_png_folder):
+    from featurenorm.runs.evaluate import run_evaluation
+    from featurenorm.runs.select import run_selection
+
+    shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "last.pt")
+    shutil.copy(trained_digits_run.save_path / "last.pt", tmp_path / "other.pt")
+    make_png_folder(tmp_path / "ood", 6, size=(16, 16))
+    cfg = replace(trained_digits_run.cfg, save_path=str(tmp_path))
+    run_selection(cfg, num_samples=20, progress=False)
+    specs = [f"noise={tmp_path / 'ood'}"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_evaluation(cfg, methods="featurenorm", ood_specs=specs, progress=False)
+        assert not [w for w in caught if "was made for checkpoint" in str(w.message)]
+        run_evaluation(cfg, checkpoint=str(tmp_path / "other.pt"), methods="featurenorm", ood_specs=specs,
+                       progress=False)
+    assert [w for w in caught if "was made for checkpoint" in str(w.message)]

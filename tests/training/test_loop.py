@@ -5,6 +5,7 @@ import dataclasses
 import fractions
 import json
 import shutil
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from featurenorm.data.loaders import DeviceLoader, make_loader
 from featurenorm.training.loop import evaluate_accuracy, train
 from featurenorm.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOG_KEYS = ["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"]
 
 
@@ -215,3 +216,15 @@ def test_train_py_trains_then_refuses_to_overwrite(tmp_path):
     assert again.returncode == 2
     assert again.stderr == (f"error: '{tmp_path / 'cli'}' already holds a run (last.pt); pass --resume to continue "
                             "it, --overwrite to start over, or --set save_path=<new folder>\n")
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(trained_digits_run, tmp_path):
+    from featurenorm.training.checkpoint import save_checkpoint
+    from featurenorm.training.loop import train
+
+    state = read_checkpoint(trained_digits_run.save_path / "last.pt")
+    state.update(epoch=3, finished=False)
+    save_checkpoint(tmp_path / "last.pt", {k: v for k, v in state.items() if k != "format"})
+    cfg = replace(trained_digits_run.cfg, save_path=str(tmp_path), epochs=2, milestones=[1])
+    with pytest.raises(UserError, match="at epoch 3, but epochs is 2"):
+        train(cfg, resume=True, progress=False)

@@ -14,7 +14,7 @@ from featurenorm.errors import run_cli
 from featurenorm.runs.evaluate import run_evaluation
 from featurenorm.runs.select import run_selection
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 METHODS = "featurenorm,msp,mahalanobis"
 
 

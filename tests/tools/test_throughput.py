@@ -18,7 +18,7 @@ from featurenorm.tools.timing import measure_pair
 from featurenorm.config import Config
 from featurenorm.methods import build_method, method_names
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,6 @@ def test_table_lists_every_figure_with_its_verdict():
 
 
 def test_run_benchmark_refuses_an_unknown_figure_before_measuring():
-    # the subset itself is measured by tests/test_gpu_check.py (one figure per step)
+    # the subset itself is measured by tests/integration/test_gpu_check.py (one figure per step)
     with pytest.raises(ValueError, match="unknown benchmark figure 'speed'; valid: eval_scoring_vs_forward"):
         benchmark.run_benchmark(benchmark.BenchSettings(), figures=("selection_vs_forward", "speed"))

@@ -20,7 +20,7 @@ import torch
 
 from featurenorm.training.loop import StopRequested, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # digits at width 0.0625, two epochs of 23 steps (1437 images / 64), random crops: the second epoch
 # resumes mid-way through the augmentation stream and across the lr milestone

@@ -15,8 +15,9 @@ from featurenorm.data.splits import load_split
 from featurenorm.selection.jigsaw import apply_permutation, sample_permutations
 from featurenorm.data.loaders import DeviceLoader
 from featurenorm.core.tap import block_feature_norms
+from featurenorm.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli_args(run_dir: Path, *args: str) -> list[str]:
@@ -166,3 +167,11 @@ def test_a_combined_criterion_needs_several_kinds(run_dir, capsys):
     assert "unknown pseudo-OOD kind 'swirl'" in capsys.readouterr().err
     assert run_in_process(select_main, common + ["--pseudo-ood", "noise,blur"]) == 2
     assert "must include jigsaw" in capsys.readouterr().err
+
+
+def test_num_samples_below_one_is_refused(trained_digits_run):
+    from featurenorm.runs.select import run_selection
+
+    for bad in (0, -5):
+        with pytest.raises(UserError, match="--num-samples must be at least 1"):
+            run_selection(trained_digits_run.cfg, num_samples=bad, progress=False)

@@ -12,7 +12,7 @@ import pytest
 from featurenorm.errors import UserError
 from featurenorm.reporting.openood import compare_with_openood, load_openood_leaderboard, rank_against
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GROUPS = {"near": ["cifar100", "tin"], "far": ["mnist", "svhn", "texture", "places365"]}
 # three checkpoints: near and far AUROC (fractions) of featurenorm and msp
 FEATURENORM = [(0.9101, 0.93), (0.9155, 0.94), (0.9122, 0.95)]
