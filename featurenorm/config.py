@@ -209,35 +209,26 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if hint in (int, float):
+        return _number(key, value, hint)
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
     return value
+
+
+def _number(key: str, value: Any, kind: type) -> int | float:
+    """``value`` as ``kind`` (int or float): a number, or text of one; a bool, or a fraction for an int, is refused."""
+    if not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and (kind is float or value.is_integer())):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"config key '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
 
 
 def _field_name(key: str) -> str:

@@ -6,15 +6,14 @@ from typing import Sequence
 
 import torch
 
-from ..config import CRITERIA
 from ..core.blocks import candidate_blocks
 from ..data.batches import split_batches
 from ..data.datasets import train_subsample_size
 from ..data.splits import load_split
-from ..errors import UserError
+from ..errors import UserError, reported
 from ..files import write_json
 from ..runtime import amp_dtype, init_distributed, shutdown_distributed
-from ..selection.api import BlockSelection, check_pseudo_ood, emit_warnings
+from ..selection.api import BlockSelection, check_options, check_pseudo_ood, emit_warnings
 from ..selection.collect import check_finite_norms, collect_sharded_norms
 from ..selection.jigsaw import sample_permutations
 from ..training.checkpoint import load_run_model
@@ -31,17 +30,12 @@ def run_selection(cfg, checkpoint: str | None = None, num_samples: int | None = 
     :data:`featurenorm.data.datasets.TRAIN_SUBSAMPLES`). Returns the selection on every rank; rank 0 writes and
     reports weak or conflicting evidence with ``warnings.warn``.
     """
-
     grid = grid if grid is not None else cfg.jigsaw_grid
     seed = seed if seed is not None else cfg.seed
     criterion = criterion or cfg.criterion
     num_samples = num_samples if num_samples is not None else cfg.selection_samples
-    if criterion not in CRITERIA:
-        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got '{criterion}'")
-    if grid < 1:
-        raise UserError(f"--grid must be at least 1, got {grid}")
-    if num_samples is not None and num_samples < 1:
-        raise UserError(f"--num-samples must be at least 1, got {num_samples}")
+    with reported(ValueError):
+        check_options(criterion, grid, num_samples, flags=True)
     try:
         kinds = check_pseudo_ood(pseudo_ood if pseudo_ood is not None else cfg.pseudo_ood, criterion)
     except ValueError as err:

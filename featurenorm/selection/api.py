@@ -88,6 +88,20 @@ def emit_warnings(selection: BlockSelection) -> None:
         warnings.warn(note, stacklevel=3)
 
 
+def check_options(criterion: str, grid: int, num_samples: int | None, *, flags: bool = False) -> None:
+    """Raise ValueError for an unknown criterion, a grid below 1 or ``num_samples`` below 1; ``flags``: name
+    them as the command-line flags (``--num-samples``)."""
+    def name(key: str) -> str:
+        return "--" + key.replace("_", "-") if flags else key
+
+    if criterion not in CRITERIA:
+        raise ValueError(f"{name('criterion')} must be one of {', '.join(CRITERIA)}, got '{criterion}'")
+    if grid < 1:
+        raise ValueError(f"{name('grid')} must be at least 1, got {grid}")
+    if num_samples is not None and num_samples < 1:
+        raise ValueError(f"{name('num_samples')} must be at least 1, got {num_samples}")
+
+
 def check_pseudo_ood(kinds: str | Sequence[str], criterion: str = "norm_ratio") -> list[str]:
     """The kinds to measure, validated: registered names, the jigsaw among them, enough for ``criterion``.
 
@@ -148,12 +162,7 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
 
     Weak or conflicting evidence (see :meth:`BlockSelection.warnings`) is reported with ``warnings.warn``.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion '{criterion}'; use one of: {', '.join(CRITERIA)}")
-    if grid < 1:
-        raise ValueError(f"grid must be at least 1, got {grid}")
-    if num_samples is not None and num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    check_options(criterion, grid, num_samples)
     kinds = check_pseudo_ood(pseudo_ood, criterion)
     blocks = list(blocks) if blocks is not None else candidate_blocks(model)
     norms = collect_block_norms(model, _first_images(loader, num_samples), blocks, grid,
