@@ -81,7 +81,7 @@ def init_distributed(cfg: Config) -> tuple[Dist, torch.device]:
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroyprocess_group()
+        dist.destroy_process_group()
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
