@@ -11,23 +11,36 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use so that `import featurenorm` stays cheap.
 _EXPORTS = {
-    "Config": "featurenorm.config",
-    "load_config": "featurenorm.config",
-    "UserError": "featurenorm.errors",
+    # the stages
+    "select_block": "featurenorm.selection.api",
+    "BlockSelection": "featurenorm.selection.api",
+    "FeatureNormDetector": "featurenorm.evaluation.detector",
+    "evaluate": "featurenorm.evaluation.api",
+    # the building blocks
+    "feature_norm": "featurenorm.core.tap",
+    "block_feature_norms": "featurenorm.core.tap",
+    "FeatureTap": "featurenorm.core.tap",
+    "candidate_blocks": "featurenorm.core.blocks",
+    "norm_ratio": "featurenorm.selection.ratios",
+    "jigsaw": "featurenorm.selection.jigsaw",
+    "auroc": "featurenorm.core.metrics",
+    "aupr": "featurenorm.core.metrics",
+    "fpr_at_tpr": "featurenorm.core.metrics",
+    "fpr_at_ood_recall": "featurenorm.core.metrics",
+    "ood_metrics": "featurenorm.core.metrics",
     "build_model": "featurenorm.models",
     "block_names": "featurenorm.models",
     "model_names": "featurenorm.models",
+    # the extension points
+    "Method": "featurenorm.methods",
+    "register_method": "featurenorm.methods",
     "register_model": "featurenorm.models",
-    "load_checkpoint": "featurenorm.checkpoint",
-    "feature_norm": "featurenorm.features",
-    "block_feature_norms": "featurenorm.features",
-    "FeatureTap": "featurenorm.features",
-    "jigsaw": "featurenorm.data.jigsaw",
-    "candidate_blocks": "featurenorm.models.blocks",
-    "select_block": "featurenorm.selection",
-    "BlockSelection": "featurenorm.selection",
-    "FeatureNormDetector": "featurenorm.detector",
-    "evaluate": "featurenorm.evaluation",
+    "register_pseudo_ood": "featurenorm.selection.pseudo_ood",
+    # runs, checkpoints and config
+    "load_checkpoint": "featurenorm.training.checkpoint",
+    "Config": "featurenorm.config",
+    "load_config": "featurenorm.config",
+    "UserError": "featurenorm.errors",
 }
 
 __all__ = sorted(_EXPORTS)

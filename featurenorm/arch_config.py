@@ -21,10 +21,10 @@ def preprocessing_defaults(values: dict[str, Any], channels: int) -> dict[str, A
     if all(key in values for key in PREPROCESSING_KEYS):
         return {}
     if arch.startswith("torchvision/"):
-        from .models.torchvision_models import preprocessing
+        from .models.torchvision_models import preprocessing  # lazy: torch and torchvision load for such an arch only
         defaults = preprocessing(arch, values.get("weights"), values.get("image_size"))
     elif arch.startswith("timm/"):
-        from .models.timm_models import preprocessing as timm_preprocessing
+        from .models.timm_models import preprocessing as timm_preprocessing  # lazy: torch and timm, as above
         defaults = timm_preprocessing(arch, values.get("image_size"))
         if channels != 3:
             defaults = {k: v for k, v in defaults.items() if k not in ("mean", "std")}

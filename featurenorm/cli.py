@@ -12,9 +12,21 @@ import json
 import sys
 from typing import Sequence
 
-from .config import load_config
-from .data.benchmarks import BENCHMARKS
-from .errors import UserError, add_common_arguments, is_main_process, reported, run_cli
+from .config import CRITERIA, load_config
+from .benchmarks import BENCHMARKS
+from .errors import UserError, reported, run_cli
+
+
+def add_common_arguments(parser, config_default: str | None = None) -> None:
+    """The flags every run script shares: ``--config``, ``--set``, ``--no-progress``, ``--debug``."""
+    if config_default is None:
+        parser.add_argument("--config", required=True, help="JSON config file (see conf/)")
+    else:
+        parser.add_argument("--config", default=config_default, help=f"JSON config file (default: {config_default})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key; the value is parsed as JSON when it parses (repeatable)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +86,7 @@ def train_main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .engine import StopRequested, train  # imports torch: after the config is known to be good
+    from .training.loop import StopRequested, train  # lazy: torch loads after the config is known to be good
 
     try:
         metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
@@ -86,8 +98,6 @@ def train_main(argv: Sequence[str]) -> int:
 
 
 def select_main(argv: Sequence[str]) -> int:
-    from .config import CRITERIA
-
     criteria = "; ".join(f"{name}: {rule}" for name, rule in CRITERIA.items())
     parser = argparse.ArgumentParser(prog="select_block.py",
                                      description="NormRatio block selection with jigsaw (and other) pseudo-OOD "
@@ -108,10 +118,10 @@ def select_main(argv: Sequence[str]) -> int:
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .report import format_block_table
-    from .selection import run_selection  # imports torch: after the config check
-
-    from .features import BlockError
+    from .core.tap import BlockError  # lazy: torch loads after the config check
+    from .reporting.tables import format_block_table  # lazy: as above
+    from .runs.select import run_selection  # lazy: as above
+    from .runtime import is_main_process  # lazy: as above
 
     with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
         selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
@@ -124,7 +134,7 @@ def select_main(argv: Sequence[str]) -> int:
 
 
 def eval_main(argv: Sequence[str]) -> int:
-    from .methods import method_names
+    from .methods import method_names  # lazy: torch loads when eval_ood.py runs, not when train.py does
 
     parser = argparse.ArgumentParser(prog="eval_ood.py", description="OOD evaluation: FPR95, AUROC, AUPR-In/Out "
                                                                       "for each method and OOD set.")
@@ -140,10 +150,10 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .evaluation import run_evaluation
-    from .report import summary_text
-
-    from .features import BlockError
+    from .reporting.tables import summary_text  # lazy: torch loads after the config check
+    from .core.tap import BlockError  # lazy: as above
+    from .runs.evaluate import run_evaluation  # lazy: as above
+    from .runtime import is_main_process  # lazy: as above
 
     with reported(BlockError):
         run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,

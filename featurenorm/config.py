@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data.benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
+from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
 from .errors import ConfigError, UserError
 from .arch_config import model_key_problem, preprocessing_defaults
 
@@ -34,7 +34,7 @@ RECORD_ONLY = ("git_commit",)
 SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "model": "arch", "architecture": "arch",
             "num_epochs": "epochs", "n_epochs": "epochs"}
 # The block selection criteria, each with its rule in one sentence; the config check, select_block.py's
-# --criterion choices and featurenorm.selection all read this one table (here: no torch import needed).
+# --criterion choices and featurenorm.selection.api all read this one table (here: no torch import needed).
 CRITERIA = {
     "norm_ratio": "the block with the largest NormRatio of ID images to their jigsaw puzzles (the paper's rule)",
     "auroc": "the block whose FeatureNorm best separates ID images from their jigsaw puzzles (AUROC)",
@@ -111,7 +111,7 @@ class Config:
     mnist: str | None = None  # the folder of MNIST's IDX files (featurenorm.data.idx); its test split is scored
     fashion_mnist: str | None = None  # the same for Fashion-MNIST
     places365_samples: int = 10000  # Places365 subsample size (seed 0; benchmark paper)
-    # --- benchmark: which table of data sets (featurenorm.data.benchmarks) a run scores
+    # --- benchmark: which table of data sets (featurenorm.benchmarks) a run scores
     benchmark: str = DEFAULT_BENCHMARK  # paper (CIFAR, MNIST, digits, ImageFolder), imagenet_four, openood_v1.5
     openood_root: str | None = None  # OpenOOD's data folder (benchmark_imglist/, images_classic/); for openood_v1.5
     # --- method hyperparameters
@@ -209,35 +209,26 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if hint in (int, float):
+        return _number(key, value, hint)
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
     return value
+
+
+def _number(key: str, value: Any, kind: type) -> int | float:
+    """``value`` as ``kind`` (int or float): a number, or text of one; a bool, or a fraction for an int, is refused."""
+    if not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and (kind is float or value.is_integer())):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    raise ConfigError(f"config key '{key}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
 
 
 def _field_name(key: str) -> str:

@@ -5,7 +5,7 @@ import contextlib
 import sys
 import traceback
 import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 
 class UserError(Exception):
@@ -14,6 +14,15 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A problem with a config file or a ``--set`` override."""
+
+
+def check_new_name(registry: Mapping[str, Any], name: str, entry: Any, what: str) -> None:
+    """The rule of every registry (models, methods, pseudo-OOD kinds): a name is held by one entry.
+
+    Registering the same entry again does nothing; another entry under a taken name is a ValueError.
+    """
+    if name in registry and registry[name] is not entry:
+        raise ValueError(f"{what} name '{name}' is registered already; register yours under another name")
 
 
 @contextlib.contextmanager
@@ -56,22 +65,3 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=file or sys.stderr)
-
-
-def add_common_arguments(parser, config_default: str | None = None) -> None:
-    """The flags every run script shares: ``--config``, ``--set``, ``--no-progress``, ``--debug``."""
-    if config_default is None:
-        parser.add_argument("--config", required=True, help="JSON config file (see conf/)")
-    else:
-        parser.add_argument("--config", default=config_default, help=f"JSON config file (default: {config_default})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key; the value is parsed as JSON when it parses (repeatable)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun job, or a plain run: the process that prints the results."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0

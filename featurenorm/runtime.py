@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,11 @@ class Dist:
     def enabled(self) -> bool:
         """Whether the ranks work through a process group (DDP, gathers, all-reduces)."""
         return self.grouped or self.world_size > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain run: the process that prints the results."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -135,3 +141,49 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def shard(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's positions ``[rank, rank + W, rank + 2W, ...]`` of ``range(n)``: (n_rank,) int64."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    return torch.arange(rank, n, world_size)
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialized process group; ``(0, 1)`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+Values = Union[torch.Tensor, Mapping[Any, torch.Tensor]]
+
+
+def merge_in_order(parts: Sequence[tuple[Values, torch.Tensor]]) -> Values:
+    """``[(values, positions (n_r,)), ...]`` of several ranks -> the values in set order.
+
+    ``values`` is one (n_r, ...) tensor per rank, or a mapping of such tensors (all put in the same order).
+    """
+    order = torch.argsort(torch.cat([part[1].cpu() for part in parts]), stable=True)
+    first = parts[0][0]
+    if isinstance(first, Mapping):
+        return {key: torch.cat([part[0][key].cpu() for part in parts])[order] for key in first}
+    return torch.cat([part[0].cpu() for part in parts])[order]
+
+
+def gather_in_order(values: Values, index: torch.Tensor) -> Values:
+    """Per-image values of every rank of the process group (if any), in set order, on the CPU.
+
+    Args:
+        values: (n_rank, ...) this rank's values, or a mapping of such tensors (gathered together, in one
+            collective call).
+        index: (n_rank,) their positions in the set.
+    """
+    values = {key: value.cpu() for key, value in values.items()} if isinstance(values, Mapping) else values.cpu()
+    _, world_size = process_group()
+    parts: list = [(values, index.cpu())]
+    if world_size > 1:
+        parts = [None] * world_size
+        dist.all_gather_object(parts, (values, index.cpu()))
+    return merge_in_order(parts)

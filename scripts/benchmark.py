@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of scoring, block selection and training relative to a bare forward pass.
 
-The logic lives in featurenorm/benchmark.py; its docstring defines the six figures.
+The logic lives in featurenorm/tools/throughput.py; its docstring defines the six figures.
 
 Example:
     python scripts/benchmark.py                      # CPU: resnet18 width 0.5, batch 64
@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 
-from featurenorm.benchmark import default_settings, format_table, run_benchmark
+from featurenorm.tools.throughput import default_settings, format_table, run_benchmark
 from featurenorm.errors import run_cli
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Our OpenOOD v1.5 results beside OpenOOD's CIFAR-10 ResNet-18 leaderboard (logic in featurenorm/openood.py).
+"""Our OpenOOD v1.5 results beside OpenOOD's CIFAR-10 ResNet-18 leaderboard (logic in featurenorm/reporting/openood.py).
 
 Example:
     python scripts/compare_openood.py runs/openood_cifar10_s{0,1,2}/ood_results.json
@@ -16,8 +16,8 @@ from typing import Sequence
 
 
 from featurenorm.errors import run_cli
-from featurenorm.openood import compare_with_openood, format_openood_comparison
-from featurenorm.summary import load_results_files
+from featurenorm.reporting.openood import compare_with_openood, format_openood_comparison
+from featurenorm.reporting.summary import load_results_files
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

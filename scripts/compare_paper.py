@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Our OOD results beside the paper's CIFAR-10 table (logic in featurenorm/paper.py).
+"""Our OOD results beside the paper's CIFAR-10 table (logic in featurenorm/reporting/paper.py).
 
 Example:
     python scripts/compare_paper.py runs/cifar10_resnet18_seed0/ood_results.json
@@ -17,8 +17,8 @@ from typing import Sequence
 
 
 from featurenorm.errors import run_cli
-from featurenorm.paper import compare_with_paper, format_comparison
-from featurenorm.summary import load_results_files
+from featurenorm.reporting.paper import compare_with_paper, format_comparison
+from featurenorm.reporting.summary import load_results_files
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

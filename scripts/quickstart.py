@@ -5,8 +5,9 @@ import argparse
 import sys
 
 
-from featurenorm.errors import add_common_arguments, run_cli
-from featurenorm.quickstart import run_quickstart
+from featurenorm.cli import add_common_arguments
+from featurenorm.errors import run_cli
+from featurenorm.runs.quickstart import run_quickstart
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tables and the plot of the block-selection study (logic in featurenorm/block_study.py).
+"""Tables and the plot of the block-selection study (logic in featurenorm/reporting/block_study.py).
 
     .venv/bin/python scripts/study_blocks.py --dev RUN... --held-out RUN... [--out results/block_study]
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featurenorm.block_study import run_study
+from featurenorm.reporting.block_study import run_study
 from featurenorm.errors import run_cli
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Mean ± std of OOD metrics over runs, like the paper's table (logic in featurenorm/summary.py).
+"""Mean ± std of OOD metrics over runs, like the paper's table (logic in featurenorm/reporting/summary.py).
 
 Example:
     python scripts/summarize.py runs/cifar10_resnet18_seed*/ood_results.json --format md
@@ -15,7 +15,7 @@ from typing import Sequence
 
 
 from featurenorm.errors import run_cli
-from featurenorm.summary import format_summary, load_results_files, summarize_results
+from featurenorm.reporting.summary import format_summary, load_results_files, summarize_results
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tables and plots of the MNIST-family reproduction (logic in featurenorm/seed_tables.py).
+"""Tables and plots of the MNIST-family reproduction (logic in featurenorm/reporting/seed_tables.py).
 
     .venv/bin/python scripts/summarize_mnist_family.py runs/mnist_family --out results/mnist_family
 
@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from featurenorm.errors import run_cli
-from featurenorm.seed_tables import write_family_summary
+from featurenorm.reporting.seed_tables import write_family_summary
 
 
 def main(argv: list[str]) -> int:

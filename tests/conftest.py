@@ -52,7 +52,7 @@ def trained_digits_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
 
     Returns ``(save_path, cfg)``; ``cfg.num_classes`` is 10 and ``save_path/last.pt`` is finished.
     """
-    from featurenorm.engine import train
+    from featurenorm.training.loop import train
 
     save_path = tmp_path_factory.mktemp("trained_digits_run")
     cfg = make_digits_config(save_path)

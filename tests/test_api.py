@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import featurenorm
 from featurenorm import FeatureNormDetector, candidate_blocks, evaluate, select_block
-from featurenorm.data.jigsaw import apply_permutation, sample_permutations
+from featurenorm.selection.jigsaw import apply_permutation, sample_permutations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,3 +255,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert isinstance(namespace["results"]["methods"]["featurenorm"]["noise"]["auroc"], float)
     assert namespace["detector"].block == namespace["selection"].block
     assert featurenorm.__version__
+
+
+def test_the_package_exports_the_whole_public_surface():
+    import featurenorm
+
+    surface = {"select_block", "BlockSelection", "FeatureNormDetector", "evaluate",  # the stages
+               "feature_norm", "FeatureTap", "candidate_blocks", "norm_ratio", "auroc", "aupr", "fpr_at_tpr",
+               "Method", "register_method", "register_model", "register_pseudo_ood",  # the extension points
+               "load_checkpoint", "Config", "load_config"}
+    assert surface <= set(featurenorm.__all__)
+    assert all(getattr(featurenorm, name) is not None for name in featurenorm.__all__)

@@ -181,7 +181,7 @@ def test_config_errors_reach_the_user_as_one_line_and_exit_status_2(tmp_path, ca
 
 
 def test_criteria_are_listed_once_for_the_config_and_the_command_line(capsys):
-    from featurenorm import criteria
+    from featurenorm.selection import criteria
     from featurenorm.cli import select_main
     from featurenorm.config import CHOICES, CRITERIA
 
@@ -227,7 +227,7 @@ def test_default_schedule_scales_with_epochs(tmp_path):
 
 
 def test_explicit_milestone_beyond_the_last_epoch_warns_once_and_never_fires(tmp_path):
-    from featurenorm.engine import _epoch_lr
+    from featurenorm.training.loop import _epoch_lr
 
     with pytest.warns(UserWarning, match=r"milestone\(s\) \[10, 20\] lie beyond the last epoch \(4\) and never fire"):
         cfg = load_config(write_config(tmp_path, {**MINIMAL, "epochs": 4, "milestones": [2, 10, 20]}))

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from featurenorm.checkpoint import load_checkpoint, read_checkpoint
-from featurenorm.data.datasets import load_split
+from featurenorm.training.checkpoint import load_checkpoint, read_checkpoint
+from featurenorm.data.splits import load_split
 from featurenorm.data.loaders import make_loader
-from featurenorm.engine import evaluate_accuracy
+from featurenorm.training.loop import evaluate_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for ~2 s of training; batch 32 and lr 0.05 give a test accuracy far from chance

@@ -250,7 +250,8 @@ def test_weights_metadata_gives_the_preprocessing_unless_the_config_overrides_it
 # ------------------------------------------------------------------------------------ layout and table
 def test_imagenet_layout_is_recognised_and_needs_its_benchmark(tmp_path, capsys):
     from featurenorm.config import load_config
-    from featurenorm.data.datasets import load_split, resolve_id_dataset
+    from featurenorm.data.datasets import resolve_id_dataset
+    from featurenorm.data.splits import load_split
     from featurenorm.data.ood import resolve_ood_sources
 
     keys = write_replica(tmp_path)
@@ -282,8 +283,8 @@ def test_a_random_init_is_scored_only_when_asked(tmp_path, capsys):
 def test_the_papers_imagenet_blocks_in_torchvision_names():
     from torchvision import models
 
-    from featurenorm.models.blocks import candidate_blocks
-    from featurenorm.paper import IMAGENET_BLOCKS, compare_with_paper, format_comparison, load_paper_results
+    from featurenorm.core.blocks import candidate_blocks
+    from featurenorm.reporting.paper import IMAGENET_BLOCKS, compare_with_paper, format_comparison, load_paper_results
 
     words = load_paper_results()["imagenet_selected_blocks"]
     for arch, (key, block, index, count) in IMAGENET_BLOCKS.items():

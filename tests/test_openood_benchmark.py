@@ -24,7 +24,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from featurenorm.config import load_config
-from featurenorm.data.datasets import load_split
+from featurenorm.data.splits import load_split
 from featurenorm.data.ood import resolve_ood_sources
 from featurenorm.errors import ConfigError, UserError, run_cli
 
@@ -181,7 +181,7 @@ def preprocess(path: str, size: int = 32) -> torch.Tensor:
 
 
 def test_id_and_texture_scores_equal_a_forward_pass_on_the_listed_images(openood_run):
-    from featurenorm.checkpoint import load_checkpoint
+    from featurenorm.training.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(openood_run["checkpoint"])
     readable, scores = openood_run["readable"], openood_run["scores"]

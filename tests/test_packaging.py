@@ -18,7 +18,7 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
-    code = ("import featurenorm, featurenorm.paper as p; print(featurenorm.__file__); "
+    code = ("import featurenorm, featurenorm.reporting.paper as p; print(featurenorm.__file__); "
             "print(p.load_paper_results()['selected_blocks']['resnet18']['block']); "
             "print(sorted(featurenorm.__all__)[:3])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env,

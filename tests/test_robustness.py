@@ -5,7 +5,7 @@ atomically, finished runs are not overwritten, and selection and evaluation are 
 Each case runs the real CLI in a new process (:func:`run_script`). A process that imports torch
 costs a few seconds, so the further variants of a case run the same script's ``main`` through
 ``run_cli`` in this process (:func:`run_in_process`), which prints and returns exactly what the
-script's ``__main__`` block passes to ``sys.exit``. Interruptions are in ``test_interrupts.py``.
+script's ``__main__`` block passes to ``sys.exit``. Interruptions are in ``integration/test_interrupts.py``.
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import pytest
 import torch
 from PIL import Image
 
-from featurenorm import report
-from featurenorm.checkpoint import read_checkpoint
-from featurenorm.engine import train
+from featurenorm.reporting import tables as report
+from featurenorm.training.checkpoint import read_checkpoint
+from featurenorm.training.loop import train
 from featurenorm.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def write_odd_ood_folder(root: Path, make_png_folder) -> tuple[list[Path], list[
 
 def msp_of_files(trained, paths: Sequence[Path]) -> np.ndarray:
     """MSP of each file, unrolled: the run's model on the documented eval preprocessing. (N,) float."""
-    from featurenorm.checkpoint import load_checkpoint
+    from featurenorm.training.checkpoint import load_checkpoint
     from featurenorm.data.images import eval_transform, read_rgb
 
     model, cfg = load_checkpoint(trained.save_path / "last.pt")
@@ -448,7 +448,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(trained_digits_run, t
 
 # ------------------------------------------------------------------------------------ atomic writes
 def leftovers(folder: Path) -> list[str]:
-    """Temporary files of :func:`featurenorm.io.atomic_path` (``.<name>.*``)."""
+    """Temporary files of :func:`featurenorm.files.atomic_path` (``.<name>.*``)."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
@@ -503,8 +503,8 @@ def test_every_output_goes_through_an_atomic_rename(trained_digits_run, tmp_path
     """Train (one more epoch), select and evaluate with every optional output; spy on os.replace."""
     import dataclasses
 
-    from featurenorm.evaluation import run_evaluation
-    from featurenorm.selection import run_selection
+    from featurenorm.runs.evaluate import run_evaluation
+    from featurenorm.runs.select import run_selection
 
     run = copy_run(trained_digits_run, tmp_path / "run")
     make_png_folder(tmp_path / "ood", 4)

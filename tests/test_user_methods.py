@@ -56,8 +56,8 @@ def test_user_input_gradient_method_runs_through_its_own_logits(trained_digits_r
                                                                 registry_restored):
     from PIL import Image
 
-    from featurenorm.checkpoint import load_checkpoint
-    from featurenorm.data.datasets import load_split
+    from featurenorm.training.checkpoint import load_checkpoint
+    from featurenorm.data.splits import load_split
     from featurenorm.data.loaders import DeviceLoader
 
     plugin = tmp_path / "my_methods.py"

@@ -11,62 +11,16 @@ batches and named in ``unreadable``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
+from ..runtime import process_group, shard
 from .datasets import channel_conversion, match_channels
-
-
-def shard(n: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """This rank's positions ``[rank, rank + W, rank + 2W, ...]`` of ``range(n)``: (n_rank,) int64."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    return torch.arange(rank, n, world_size)
-
-
-def _process_group() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-Values = Union[torch.Tensor, Mapping[Any, torch.Tensor]]
-
-
-def merge_in_order(parts: Sequence[tuple[Values, torch.Tensor]]) -> Values:
-    """``[(values, positions (n_r,)), ...]`` of several ranks -> the values in set order.
-
-    ``values`` is one (n_r, ...) tensor per rank, or a mapping of such tensors (all put in the same order).
-    """
-    order = torch.argsort(torch.cat([part[1].cpu() for part in parts]), stable=True)
-    first = parts[0][0]
-    if isinstance(first, Mapping):
-        return {key: torch.cat([part[0][key].cpu() for part in parts])[order] for key in first}
-    return torch.cat([part[0].cpu() for part in parts])[order]
-
-
-def gather_in_order(values: Values, index: torch.Tensor) -> Values:
-    """Per-image values of every rank of the process group (if any), in set order, on the CPU.
-
-    Args:
-        values: (n_rank, ...) this rank's values, or a mapping of such tensors (gathered together, in one
-            collective call).
-        index: (n_rank,) their positions in the set.
-    """
-    values = {key: value.cpu() for key, value in values.items()} if isinstance(values, Mapping) else values.cpu()
-    _, world_size = _process_group()
-    parts: list = [(values, index.cpu())]
-    if world_size > 1:
-        import torch.distributed as dist
-
-        parts = [None] * world_size
-        dist.all_gather_object(parts, (values, index.cpu()))
-    return merge_in_order(parts)
+from .images import UnreadableImagesWarning, describe_unreadable, eval_transform, read_rgb
+from .loaders import DeviceLoader
 
 
 class _Samples(Dataset):
@@ -82,8 +36,6 @@ class _Samples(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from .images import read_rgb
-
         path, label = self.samples[i]
         try:
             return self.transform(read_rgb(path)), label, i, True
@@ -91,21 +43,6 @@ class _Samples(Dataset):
             if not self.tolerant:
                 raise
             return torch.zeros(self.channels, self.size, self.size), label, i, False
-
-
-class UnreadableImagesWarning(UserWarning):
-    """Some images of a set could not be read and were left out."""
-
-
-MAX_LISTED_UNREADABLE = 10
-
-
-def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE,
-                        what: str = "OOD set") -> str:
-    """One message naming at most ``limit`` unreadable (or missing) files, then ``and N more``."""
-    listed = ", ".join(paths[:limit])
-    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return f"{what} '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
 
 
 class ImageBatches:
@@ -127,7 +64,7 @@ class ImageBatches:
                  name: str = "", rank: int | None = None, world_size: int | None = None):
         if (images is None) == (samples is None):
             raise ValueError("give either images or samples")
-        group_rank, group_size = _process_group()
+        group_rank, group_size = process_group()
         rank = group_rank if rank is None else rank
         world_size = group_size if world_size is None else world_size
         total = len(images) if images is not None else len(samples)
@@ -155,8 +92,6 @@ class ImageBatches:
             yield from self._from_files()
 
     def _from_tensors(self):
-        from .loaders import DeviceLoader
-
         cfg = self.cfg
         labels = self.labels if self.labels is not None else torch.full((len(self.images),), -1, dtype=torch.int64)
         loader = DeviceLoader(self.images[self.members], labels[self.members], self.batch_size, train=False,
@@ -172,7 +107,6 @@ class ImageBatches:
     def _from_files(self):
         from torch.utils.data import DataLoader
 
-        from .images import eval_transform
 
         cfg = self.cfg
         mine = [self.samples[i] for i in self.members.tolist()]
@@ -194,7 +128,7 @@ class ImageBatches:
 
     def all_unreadable(self) -> list[str]:
         """Every rank's unreadable paths, in set order."""
-        _, world_size = _process_group()
+        _, world_size = process_group()
         found = list(self.unreadable)
         if world_size > 1:
             import torch.distributed as dist

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..errors import UserError
-from .idx import IDX_KINDS, load_idx
+from .idx import IDX_KINDS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits", "imagefolder", "imagenet")
@@ -110,39 +110,6 @@ def resolve_id_dataset(cfg: Config) -> tuple[str, Path]:
         raise UserError(f"id_dataset '{root}' holds neither {CIFAR_FOLDERS['cifar10']}/, {CIFAR_FOLDERS['cifar100']}/ "
                         "nor train/ and test/ (or val/) class folders; fix the path or set the key 'dataset'")
     raise UserError(f"id_dataset '{root}' not found; fix the path, or use 'digits' for the bundled offline data")
-
-
-def load_split(cfg: Config, train: bool) -> Split:
-    """Load the train or test split of the config's ID dataset, checking ``num_classes``.
-
-    When the config's benchmark lists its ID images (OpenOOD v1.5), the split is read from that
-    list instead of from our own copy of the dataset.
-    """
-    from .benchmarks import benchmark_entry
-
-    kind, root = resolve_id_dataset(cfg)
-    entry = benchmark_entry(cfg.benchmark, kind)
-    if entry.id_lists:
-        from .imglist import load_list_split
-
-        split = load_list_split(cfg, entry, train)
-    elif kind == "digits":
-        split = load_digits(train, cfg.image_size)
-    elif kind in CIFAR_FOLDERS:
-        split = load_cifar(kind, root, train, cfg.download)
-    elif kind in IDX_KINDS:
-        images, labels = load_idx(kind, root, train, cfg.download)
-        split = Split(kind, images=images, labels=labels, classes=[str(i) for i in range(10)])
-    else:
-        split = load_imagefolder(root, train, kind)
-    if split.images is not None:
-        split.images = match_channels(split.images, cfg.channels)
-    found = len(split.classes) if split.classes is not None else NUM_CLASSES[kind]
-    if cfg.num_classes is not None and cfg.num_classes != found:
-        where = kind if kind == "digits" else f"{kind} at '{root}'"  # digits is bundled: no folder to name
-        raise UserError(f"num_classes is {cfg.num_classes} in the config but {where} has {found} classes; "
-                        f"set num_classes to {found}")
-    return split
 
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -11,8 +11,23 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import Config
-from .benchmarks import BENCHMARKS
+from ..benchmarks import BENCHMARKS
 from .datasets import Split, is_image_file
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Some images of a set could not be read and were left out."""
+
+
+MAX_LISTED_UNREADABLE = 10
+
+
+def describe_unreadable(name: str, paths: Sequence[str], limit: int = MAX_LISTED_UNREADABLE,
+                        what: str = "OOD set") -> str:
+    """One message naming at most ``limit`` unreadable (or missing) files, then ``and N more``."""
+    listed = ", ".join(paths[:limit])
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"{what} '{name}': skipped {len(paths)} unreadable file{'s' if len(paths) != 1 else ''}: {listed}{more}"
 
 
 def to_rgb(img):
@@ -142,31 +157,3 @@ def list_images(root: str | os.PathLike) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [os.path.join(dirpath, f) for f in sorted(files) if is_image_file(f)]
     return found
-
-
-class TolerantImageDataset(Dataset):
-    """Images of an OOD folder. An unreadable file yields a zero image and ``ok=False``.
-
-    Items are ``(image, index, ok)``; the loop drops the rows with ``ok == False`` and reports
-    their paths, so that one corrupt file never stops an evaluation.
-    """
-
-    def __init__(self, paths: Sequence[str], transform: Callable):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            return self.transform(read_rgb(self.paths[i])), i, True
-        except Exception:  # any decoder error: missing, truncated, not an image, unsupported
-            return torch.zeros(3, *_output_size(self.transform)), i, False
-
-
-def _output_size(transform: Callable) -> tuple[int, int]:
-    """(H, W) a Compose yields: the size of its last Resize((H, W)) or CenterCrop; (1, 1) when unknown."""
-    steps = getattr(transform, "transforms", [])
-    sizes = [tuple(step.size) for step in steps if isinstance(getattr(step, "size", None), (tuple, list))]
-    return sizes[-1] if sizes else (1, 1)

@@ -4,7 +4,7 @@ Each line of a list file is ``<path> <label>``: the path relative to the benchma
 (``<openood_root>/images_classic/``), then an integer label (``-1`` for OOD images in OpenOOD's
 lists). Blank lines are ignored. A missing list file is a one-line error naming it. Listed images
 are read by the same datasets as folders: :class:`~featurenorm.data.images.ImageListDataset` for
-the ID splits, :class:`~featurenorm.data.images.TolerantImageDataset` for OOD sets.
+the ID splits, :class:`~featurenorm.data.batches.ImageBatches` for OOD sets.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import UserError
-from .benchmarks import BenchmarkEntry
+from ..benchmarks import BenchmarkEntry
 from .datasets import NUM_CLASSES, Split
+from .images import UnreadableImagesWarning, describe_unreadable
 
 
 def benchmark_root(cfg: Config, entry: BenchmarkEntry) -> Path:
@@ -83,8 +84,6 @@ def load_list_split(cfg: Config, entry: BenchmarkEntry, train: bool) -> Split:
     Listed files that are missing or not images are left out with one warning line and recorded
     in ``Split.unreadable``: the ID loaders need every kept file to decode.
     """
-    from .ood import UnreadableImagesWarning, describe_unreadable
-
     which = "train" if train else "test"
     list_file = list_path(cfg, entry, entry.id_lists[which])
     samples = read_image_list(list_file, benchmark_root(cfg, entry) / entry.image_dir)

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from .batches import shard
+from ..runtime import shard
 from .datasets import Split
+from .images import split_dataset
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -152,7 +153,7 @@ class DeviceLoader:
                 batch = random_crop_flip(batch, self.crop_padding, self.hflip, generator)
             if step < start_step:
                 continue
-            if self.world_size > 1:  # this rank's share of the global batch (data.batches.shard)
+            if self.world_size > 1:  # this rank's share of the global batch (runtime.shard)
                 mine = shard(len(index), self.rank, self.world_size).to(self.device)
                 batch, labels = batch[mine], self.labels[index][mine]
             else:
@@ -174,7 +175,7 @@ class DeviceLoader:
 class ShardedBatchSampler:
     """Batches of dataset indices for one rank: the epoch's order (shuffled by ``(seed, epoch)`` when training)
     cut into global batches of ``batch_size``, of which this rank takes positions rank, rank + W, ... (the
-    project's one sharding rule, :func:`featurenorm.data.batches.shard`)."""
+    project's one sharding rule, :func:`featurenorm.runtime.shard`)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int, world_size: int):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
@@ -262,6 +263,5 @@ def make_loader(cfg: Config, split: Split, *, train: bool, device: torch.device,
                             device=device, seed=cfg.seed, crop_padding=cfg.crop_padding, hflip=cfg.hflip,
                             image_size=cfg.image_size, channels_last=cfg.channels_last, rank=rank,
                             world_size=world_size, resize_size=cfg.resize_size, interpolation=cfg.interpolation)
-    from .images import split_dataset
     return FolderLoader(split_dataset(split, cfg, train), batch_size, train=train, cfg=cfg, device=device,
                         rank=rank, world_size=world_size)

@@ -1,6 +1,6 @@
 """OOD test sets: which ones a run scores, and batches of their images on the device.
 
-The benchmarks are data, not code: :data:`~featurenorm.data.benchmarks.BENCHMARKS` lists, per
+The benchmarks are data, not code: :data:`~featurenorm.benchmarks.BENCHMARKS` lists, per
 benchmark and ID dataset, the OOD sets in report order. The ``paper`` benchmark follows Yu et al.,
 CVPR 2023, Tables 1-2: the six far-OOD sets SVHN, Textures, LSUN (crop), LSUN-resize, iSUN and
 Places365, then the near-OOD CIFAR set (CIFAR-100 for CIFAR-10 and vice versa); a set takes part
@@ -42,10 +42,12 @@ import torch
 
 from ..config import Config
 from ..errors import UserError
-from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry  # noqa: F401
-from .batches import ImageBatches, UnreadableImagesWarning, describe_unreadable  # noqa: F401
+from ..benchmarks import DEFAULT_BENCHMARK, GROUP_NAMES, benchmark_entry
+from .batches import ImageBatches
 from .datasets import CIFAR_FOLDERS, IMAGE_EXTENSIONS, is_image_file, load_cifar
 from .idx import IDX_KINDS, find_idx_folder, load_idx
+from .images import list_images
+from .imglist import benchmark_root, list_path, read_image_list
 SVHN_TEST_FILE = "test_32x32.mat"
 # Seed of the Places365 subsample: fixed, independent of the run's seed, so that every run
 # (and every method and checkpoint compared) scores the same images.
@@ -145,8 +147,6 @@ def resolve_ood_sources(cfg: Config, cli_specs: Sequence[str], id_kind: str
     by_name: dict[str, OODSource] = {}
     skipped: dict[str, str] = {}
     if entry.ood_lists:
-        from .imglist import benchmark_root, list_path
-
         root = benchmark_root(cfg, entry)
         for name in order:
             by_name[name] = OODSource(name, "imglist", list_path(cfg, entry, entry.ood_lists[name]),
@@ -262,10 +262,7 @@ def load_svhn_test(root: Path) -> torch.Tensor:
 
 def ood_paths(source: OODSource, cfg: Config) -> list[str]:
     """Every image path of a folder or image-list source (Places365: its fixed subsample), in set order."""
-    from .images import list_images
-
     if source.kind == "imglist":  # every listed file; missing ones count as unreadable when read
-        from .imglist import read_image_list
 
         return [path for path, _ in read_image_list(source.path, source.image_dir)]
     paths = list_images(source.path)

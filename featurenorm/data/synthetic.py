@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_path, write_json
+from ..files import atomic_path, write_json
 
 SYNTHETIC_SETS = ("photos", "letters", "gaussian_noise", "uniform_noise")
 MANIFEST = ".synthetic.json"

@@ -7,16 +7,16 @@ two OOD sets, half of the OOD images each), and runs the chain through the libra
 ``train.py``, ``select_block.py`` and ``eval_ood.py`` call. Five steps, each checked and timed on
 its own, so that a failing step does not stop the others:
 
-1. ``train``: two epochs of :func:`featurenorm.engine.train` with the recipe's execution settings
+1. ``train``: two epochs of :func:`featurenorm.training.loop.train` with the recipe's execution settings
    (device-resident loader, bf16 autocast, channels_last and ``torch.compile`` on CUDA).
 2. ``torchrun``: one epoch of ``train.py`` under ``torchrun --nproc_per_node=1`` (NCCL on CUDA,
    gloo on CPU); the checkpoint loads and reproduces the logged test accuracy; then
    ``train(resume=True)`` (what ``train.py --resume`` calls, here in the check's own process, which
    spares a second torchrun start) trains epoch 2 from it.
-3. ``select_block``: :func:`featurenorm.selection.run_selection` on ``selection_images`` training
+3. ``select_block``: :func:`featurenorm.runs.select.run_selection` on ``selection_images`` training
    images, against a bare forward pass over as many images, plus the benchmark's
    ``selection_vs_forward``.
-4. ``eval_ood``: :func:`featurenorm.evaluation.run_evaluation` with every method on the ID test
+4. ``eval_ood``: :func:`featurenorm.runs.evaluate.run_evaluation` with every method on the ID test
    set and both OOD sets, plus the benchmark's ``eval_scoring_vs_forward``.
 5. ``bf16``: FeatureNorm of every block under bf16 autocast against fp32, on one test batch.
 

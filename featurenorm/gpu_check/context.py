@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, load_config
+from ..models import build_model
 
 
 REPO = Path(__file__).resolve().parents[2]  # train.py lives here
@@ -172,7 +173,6 @@ def flops_per_image(arch: str, width: float, num_classes: int = NUM_CLASSES, ima
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..models import build_model
 
     batch = 2  # BatchNorm in training mode needs more than one value per channel
     model = build_model(arch, num_classes, width=width)

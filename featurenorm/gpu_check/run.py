@@ -15,11 +15,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import io
+from .. import files
 from ..errors import UserError
 from .context import FULL, NUM_CLASSES, SCHEMA, STEPS, TINY, CheckContext, Sizes, StepResult, peak_bf16
 from .data import make_data
 from .steps import STEP_FUNCTIONS
+from ..runtime import device_name, git_commit, amp_dtype
 
 
 def run_step(name: str, ctx: CheckContext) -> StepResult:
@@ -49,9 +50,6 @@ def _free_device_memory(device: torch.device) -> None:
 
 def machine_info(device: torch.device) -> dict[str, Any]:
     """The device, its name and memory, and the software versions."""
-    from ..runtime import device_name
-    from ..runtime import git_commit
-
     info: dict[str, Any] = {
         "device": str(device), "name": device_name(device), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,  # the CUDA torch was built for
@@ -112,8 +110,6 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
         ``{"schema", "passed", "seconds", "mode", "machine", "settings", "peak_bf16",
         "data", "steps": {step: {"passed", "seconds", "error", "figures", "checks", "traceback"}}}``.
     """
-    from ..runtime import amp_dtype
-
     say = log or (lambda text: None)
     started = time.perf_counter()
     torch_device = resolve_check_device(device)
@@ -132,7 +128,7 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
     for stale in (ctx.run_dir, ctx.torchrun_dir):
         if stale.exists():
             shutil.rmtree(stale)  # a fit cache or selection of an earlier run would skew the timings
-    io.write_json(ctx.config_path, ctx.base)
+    files.write_json(ctx.config_path, ctx.base)
     amp = amp_dtype(ctx.config(), torch_device)
     report: dict[str, Any] = {
         "schema": SCHEMA, "passed": False, "seconds": None, "mode": "tiny" if tiny else "full",
@@ -159,7 +155,7 @@ def run_check(out: str | Path, device: str = "cuda", tiny: bool = False, peak_tf
             + (f" ({result.error})" if result.error else ""))
     report["passed"] = all(step["passed"] for step in report["steps"].values())
     report["seconds"] = round(time.perf_counter() - started, 3)
-    io.write_json(out / "gpu_check.json", report)
+    files.write_json(out / "gpu_check.json", report)
     return report
 
 

@@ -18,6 +18,19 @@ import torch
 from ..config import Config
 from .context import (ACCURACY_TOLERANCE, BF16_TOLERANCE, NUM_CLASSES, REPO, CheckContext, StepResult,
                       flops_per_image)
+from ..tools.timing import timed
+from ..runtime import autocast, amp_dtype
+from ..data.loaders import DeviceLoader, make_loader
+from ..tools.throughput import default_settings, run_benchmark
+from ..training.loop import train, evaluate_accuracy
+from ..training.checkpoint import load_for_config, read_checkpoint
+from ..data.splits import load_split
+from ..runs.select import run_selection
+from ..runs.evaluate import run_evaluation
+from ..methods import method_names
+from ..core.metrics import METRIC_KEYS
+from ..core.tap import block_feature_norms
+from ..models import block_names, build_model
 
 
 def _read_log(save_dir: Path) -> list[dict[str, Any]]:
@@ -28,9 +41,6 @@ def _read_log(save_dir: Path) -> list[dict[str, Any]]:
 def _timed_forward(model: torch.nn.Module, batches: Sequence[torch.Tensor], amp: torch.dtype | None,
                    device: torch.device) -> float:
     """Seconds of a bare ``model(x)`` over ``batches`` (inference mode, ``amp``), after one warm-up batch."""
-    from ..timing import timed
-    from ..runtime import autocast
-
     def forward(items: Sequence[torch.Tensor]) -> None:
         with torch.inference_mode():
             for x in items:
@@ -43,8 +53,6 @@ def _timed_forward(model: torch.nn.Module, batches: Sequence[torch.Tensor], amp:
 
 def _eval_batches(cfg: Config, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     """Normalized (B, 3, S, S) batches of ``images`` with the evaluation transform, on ``device``."""
-    from ..data.loaders import DeviceLoader
-
     loader = DeviceLoader(images, labels, cfg.eval_batch_size, train=False, mean=cfg.mean, std=cfg.std,
                           device=device, image_size=cfg.image_size, channels_last=cfg.channels_last)
     return [x for x, _ in loader]
@@ -52,8 +60,6 @@ def _eval_batches(cfg: Config, images: torch.Tensor, labels: torch.Tensor, devic
 
 def _bench(ctx: CheckContext, figure: str) -> dict[str, Any]:
     """One benchmark figure, measured as ``scripts/benchmark.py --device D`` measures it (tiny: smaller)."""
-    from ..benchmark import default_settings, run_benchmark
-
     settings = default_settings(str(ctx.device), **ctx.sizes.bench)
     report = run_benchmark(settings, figures=(figure,))
     entry = report["results"][figure]
@@ -64,9 +70,6 @@ def _bench(ctx: CheckContext, figure: str) -> dict[str, Any]:
 
 def step_train(ctx: CheckContext, result: StepResult) -> None:
     """Two epochs in-process: seconds per epoch with compile time apart, images/s, memory, FLOP fraction."""
-    from ..engine import train
-    from ..runtime import amp_dtype
-
     cfg = ctx.config()
     amp = amp_dtype(cfg, ctx.device)
     result.figures["settings_used"] = {"loader": cfg.loader, "amp": str(amp).replace("torch.", "") if amp else "fp32",
@@ -137,12 +140,6 @@ def _torchrun_train(ctx: CheckContext, *args: str) -> tuple[subprocess.Completed
 
 def step_torchrun(ctx: CheckContext, result: StepResult) -> None:
     """train.py under torchrun: the process group's backend, the checkpoint, and resuming from it."""
-    from ..checkpoint import load_for_config, read_checkpoint
-    from ..data.datasets import load_split
-    from ..data.loaders import make_loader
-    from ..engine import evaluate_accuracy, train
-    from ..runtime import amp_dtype
-
     expected = "nccl" if ctx.device.type == "cuda" else "gloo"
     if ctx.torchrun_dir.exists():
         shutil.rmtree(ctx.torchrun_dir)
@@ -185,11 +182,6 @@ def step_torchrun(ctx: CheckContext, result: StepResult) -> None:
 
 def step_select_block(ctx: CheckContext, result: StepResult) -> None:
     """run_selection on ``selection_images`` training images vs a bare forward over the same 2N images."""
-    from ..checkpoint import load_for_config
-    from ..data.datasets import load_split
-    from ..runtime import amp_dtype
-    from ..selection import run_selection
-
     cfg = ctx.config()
     checkpoint = ctx.checkpoint()
     count = ctx.sizes.selection_images
@@ -226,10 +218,6 @@ def step_select_block(ctx: CheckContext, result: StepResult) -> None:
 
 def step_eval_ood(ctx: CheckContext, result: StepResult) -> None:
     """run_evaluation with every method on the ID test set and both OOD sets."""
-    from ..evaluation import run_evaluation
-    from ..methods import method_names
-    from ..metrics import METRIC_KEYS
-
     cfg = ctx.config()
     checkpoint = ctx.checkpoint()
     # without step 3's block_selection.json, score FeatureNorm at a fixed block rather than fail too
@@ -278,12 +266,6 @@ def relative_difference(approx: torch.Tensor, reference: torch.Tensor) -> float:
 
 def step_bf16(ctx: CheckContext, result: StepResult) -> None:
     """FeatureNorm of every block on one test batch, bf16 autocast vs fp32: largest relative difference."""
-    from ..checkpoint import load_for_config
-    from ..data.datasets import load_split
-    from ..features import block_feature_norms
-    from ..models import block_names, build_model
-    from ..runtime import autocast
-
     cfg = ctx.config()
     try:
         checkpoint = ctx.checkpoint()

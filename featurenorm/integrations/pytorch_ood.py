@@ -26,8 +26,8 @@ except ImportError as err:  # an ImportError with the fix in it, rather than a b
     raise ImportError("featurenorm.integrations.pytorch_ood needs pytorch-ood: pip install 'featurenorm[pytorch-ood]'"
                       ) from err
 
-from ..detector import FeatureNormDetector
-from ..features import feature_norm
+from ..evaluation.detector import FeatureNormDetector
+from ..core.tap import feature_norm
 
 
 class FeatureNorm(FeatureMapsDetector):

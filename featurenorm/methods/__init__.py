@@ -5,11 +5,14 @@ Importing this package registers all methods.
 """
 from __future__ import annotations
 
-from . import (ash, dice, energy, energy_blocknorm, featurenorm, knn, mahalanobis, maxlogit,  # noqa: F401
-               msp, msp_blocknorm, odin, odin_blocknorm, react, vim)
-from .base import METHOD_ORDER, METHODS, Method, ModelParts, Outputs, build_method, method_names, register_method
+# Importing a module registers its method, so this order is the table order (method_names()): the paper's
+# method first, then the logit-based baselines, the feature-based baselines, and the block-norm variants.
+from . import featurenorm, msp, odin, energy, react, dice, maxlogit  # noqa: F401
+from . import mahalanobis, knn, vim, ash  # noqa: F401
+from . import msp_blocknorm, odin_blocknorm, energy_blocknorm  # noqa: F401
+from .base import METHODS, Method, ModelParts, Outputs, build_method, method_names, register_method
 from .blocknorm import blocknorm_logits, blocknorm_logits_fn
 from .odin import odin_score
 
-__all__ = ["METHODS", "METHOD_ORDER", "Method", "ModelParts", "Outputs", "blocknorm_logits", "blocknorm_logits_fn",
+__all__ = ["METHODS", "Method", "ModelParts", "Outputs", "blocknorm_logits", "blocknorm_logits_fn",
            "build_method", "method_names", "odin_score", "register_method"]

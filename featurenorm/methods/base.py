@@ -16,21 +16,15 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, check_new_name
 
 if TYPE_CHECKING:
     from ..config import Config
 
 OUTPUT_FIELDS = frozenset({"features", "logits", "block_norm"})
 
-# The order of methods in tables and in method_names(): the paper's method first, then the
-# logit-based baselines, the feature-based baselines, and the block-norm variants last.
 # The paper's method: the default of evaluate().
 PAPER_METHOD = "featurenorm"
-METHOD_ORDER = (
-    "featurenorm", "msp", "odin", "energy", "energy_react", "energy_dice", "maxlogit",
-    "mahalanobis", "knn", "vim", "ash", "msp_blocknorm", "odin_blocknorm", "energy_blocknorm",
-)
 
 
 @dataclass
@@ -79,8 +73,11 @@ class Method:
         name: registry name.
         needs: which :class:`Outputs` fields :meth:`score` reads.
         fits: True if the method needs ID-train statistics (call :meth:`fit` or :meth:`load_state`).
-        needs_input: True if the method scores images itself (``score_images``), not Outputs; the
+        needs_input: True if the method scores images itself (:meth:`score_images`), not Outputs; the
             evaluator then runs it in a gradient pass of its own with the logits of :meth:`input_logits`.
+
+    The evaluator calls :meth:`from_config`, :meth:`hparams`, :meth:`fit` / :meth:`load_state` (``fits``),
+    :meth:`score`, or :meth:`input_logits` and :meth:`score_images` (``needs_input``); nothing else.
     """
 
     name: ClassVar[str]
@@ -123,6 +120,12 @@ class Method:
         """Score a batch: (B,) float, higher = more in-distribution."""
         raise NotImplementedError
 
+    def score_images(self, logits_fn: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
+        """For ``needs_input`` methods, instead of :meth:`score`: score images (B, 3, H, W) -> (B,) float,
+        higher = more in-distribution, with input gradients through ``logits_fn`` (:meth:`input_logits`)."""
+        raise NotImplementedError(f"method '{self.name}' scores Outputs with score(); set needs_input and "
+                                  "define score_images to score images")
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
         return f"{type(self).__name__}({args})"
@@ -149,8 +152,7 @@ METHODS: dict[str, type[Method]] = {}
 
 def register_method(cls: M) -> M:
     """Class decorator: add a :class:`Method` subclass to :data:`METHODS` under ``cls.name``."""
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"method name '{cls.name}' is registered twice")
+    check_new_name(METHODS, cls.name, cls, "method")
     unknown = cls.needs - OUTPUT_FIELDS
     if unknown:
         raise ValueError(f"method '{cls.name}' needs unknown Outputs fields {sorted(unknown)}")
@@ -159,11 +161,11 @@ def register_method(cls: M) -> M:
 
 
 def method_names() -> list[str]:
-    """All method names in table order (:data:`METHOD_ORDER`):
-    featurenorm, msp, odin, energy, energy_react, energy_dice, maxlogit, mahalanobis, knn, vim,
-    ash, msp_blocknorm, odin_blocknorm, energy_blocknorm, then methods registered by users in
-    the order they were registered."""
-    return list(METHOD_ORDER) + [name for name in METHODS if name not in METHOD_ORDER]
+    """All method names in table order, which is the order of registration: the built-in ones as
+    :mod:`featurenorm.methods` imports them (featurenorm, msp, odin, energy, energy_react, energy_dice,
+    maxlogit, mahalanobis, knn, vim, ash, msp_blocknorm, odin_blocknorm, energy_blocknorm), then the
+    methods registered by users."""
+    return list(METHODS)
 
 
 def build_method(name: str, cfg: Config) -> Method:
@@ -207,3 +209,10 @@ def fitted(value: T | None, method: str) -> T:
 def float64_device(device: torch.device) -> torch.device:
     """Where float64 math can run: ``device`` itself, except MPS (no float64 there), which uses CPU."""
     return torch.device("cpu") if device.type == "mps" else device
+
+
+def uses_block(method: Any) -> bool:
+    """Whether a method (a name, class or instance) reads the selected block's FeatureNorm: its class says so
+    by listing ``block_norm`` in ``needs``."""
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    return cls is not None and "block_norm" in cls.needs

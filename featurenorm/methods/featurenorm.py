@@ -11,7 +11,7 @@ def featurenorm_score(block_norm: Tensor) -> Tensor:
     """The score is the FeatureNorm itself. (B,) -> (B,).
 
     FeatureNorm is the norm of a block's (ReLU) feature map, computed by the feature-extraction
-    code (``featurenorm.features``), not here. ID images give larger norms than OOD images at the
+    code (``featurenorm.core.tap``), not here. ID images give larger norms than OOD images at the
     block that NormRatio selects, so the norm itself is an ID score.
 
     Yu et al., "Block Selection Method for Using Feature Norm in Out-of-distribution Detection",

@@ -6,7 +6,7 @@ from typing import Callable
 from torch import Tensor
 
 from ..errors import UserError
-from ..features import FeatureTap
+from ..core.tap import FeatureTap
 from .base import ModelParts, register_method
 from .blocknorm import blocknorm_logits
 from .odin import ODIN

@@ -13,14 +13,19 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, check_new_name
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn(num_classes, width=1.0, **options) -> nn.Module`` under ``name``."""
+    """Decorator: register ``fn(num_classes, width=1.0, **options) -> nn.Module`` under ``name``.
+
+    Raises:
+        ValueError: another function holds ``name`` (:func:`featurenorm.errors.check_new_name`).
+    """
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        check_new_name(MODELS, name, fn, "model")
         MODELS[name] = fn
         return fn
     return wrap

@@ -1,7 +1,7 @@
 """Any torchvision classification model, as ``torchvision/<name>``, exactly as torchvision builds it.
 
 The model is not wrapped: its module names are torchvision's own (``layer4.1``, ``features.16``),
-and :func:`featurenorm.models.blocks.candidate_blocks` / ``classifier_parts`` find its blocks and
+and :func:`featurenorm.core.blocks.candidate_blocks` / ``classifier_parts`` find its blocks and
 head. Pretrained weights come through torchvision's weights enums and the torch hub cache
 (``torch.hub.get_dir()/checkpoints``); the network is used only when the config asks for it
 (``download: true``). The weights' metadata also gives the evaluation preprocessing (resize, crop,

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from featurenorm.config import from_dict
-from featurenorm.data.datasets import (Split, folder_samples, load_digits, load_split, num_classes_of,
-                                       resolve_id_dataset)
+from featurenorm.data.datasets import Split, folder_samples, load_digits, num_classes_of, resolve_id_dataset
+from featurenorm.data.splits import load_split
 from featurenorm.data.loaders import DeviceLoader, FolderLoader, epoch_generator, make_loader
 from featurenorm.errors import UserError
 

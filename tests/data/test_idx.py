@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from featurenorm.cli import eval_main, select_main, train_main
 from featurenorm.config import load_config
-from featurenorm.data.datasets import load_split, luma, match_channels
+from featurenorm.data.datasets import luma, match_channels
+from featurenorm.data.splits import load_split
 from featurenorm.data.idx import find_idx_folder, load_idx, read_idx
 from featurenorm.errors import UserError, run_cli
 from featurenorm.models import build_model
@@ -166,7 +167,7 @@ def test_fashion_mnist_trained_selected_and_scored_through_the_tools(tmp_path, c
     assert "rgb" in capsys.readouterr().out
 
     cfg = load_config(str(path))
-    from featurenorm.checkpoint import load_checkpoint
+    from featurenorm.training.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(run / "last.pt")
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from featurenorm.config import Config
-from featurenorm.data.batches import merge_in_order, shard
-from featurenorm.data.ood import (BENCHMARKS, OODSource, UnreadableImagesWarning, check_ood_source,
-                                  describe_unreadable, open_ood, parse_ood_spec, resolve_ood_sources,
+from featurenorm.benchmarks import BENCHMARKS
+from featurenorm.data.images import UnreadableImagesWarning, describe_unreadable
+from featurenorm.data.ood import (OODSource, check_ood_source, open_ood, parse_ood_spec, resolve_ood_sources,
                                   subsample_paths)
+from featurenorm.runtime import merge_in_order, shard
 from featurenorm.errors import UserError
 
 SIZE = 8
@@ -75,7 +76,7 @@ def test_benchmark_tables_follow_the_paper_order():
     # the paper's ImageNet protocol (MOS's four subsets), in the paper's column order
     assert BENCHMARKS["imagenet_four"]["datasets"] == {"imagenet": {"ood": ("inaturalist", "sun", "places", "textures")}}
     # OpenOOD v1.5's ImageNet-1K groups, Textures read from images_classic/
-    from featurenorm.data.benchmarks import benchmark_entry
+    from featurenorm.benchmarks import benchmark_entry
 
     entry = benchmark_entry("openood_v1.5", "imagenet")
     assert entry.groups == {"near": ("ssb_hard", "ninco"), "far": ("inaturalist", "textures", "openimage_o")}

@@ -103,7 +103,7 @@ def test_blocknorm_with_the_penultimate_norm_is_the_plain_method(plain, blocknor
 def test_a_user_method_is_listed_and_accepted_by_eval(monkeypatch):
     import torch
 
-    from featurenorm.evaluation import parse_methods
+    from featurenorm.runs.evaluate import parse_methods
     from featurenorm.methods import base
 
     class MaxFeature(base.Method):
@@ -118,3 +118,29 @@ def test_a_user_method_is_listed_and_accepted_by_eval(monkeypatch):
     assert parse_methods("msp,maxfeature") == ["msp", "maxfeature"]
     scores = MaxFeature().score(base.Outputs(features=torch.tensor([[1.0, 3.0], [-2.0, -1.0]])), None)
     assert scores.tolist() == [3.0, -1.0]
+
+
+def test_a_taken_method_name_is_refused_and_the_same_class_again_is_no_change(monkeypatch):
+    from featurenorm.methods import base
+
+    monkeypatch.setattr(base, "METHODS", dict(base.METHODS))
+    msp = base.METHODS["msp"]
+    with pytest.raises(ValueError, match="method name 'msp' is registered already"):
+        base.register_method(type("OtherMSP", (msp,), {}))
+    assert base.register_method(msp) is msp and base.METHODS["msp"] is msp
+
+
+def test_a_user_method_reading_block_norm_gets_the_block(monkeypatch):
+    from featurenorm.methods.base import uses_block
+    from featurenorm.methods import base
+
+    class Scaled(base.Method):
+        name = "scaled_norm"
+        needs = frozenset({"block_norm"})
+
+        def score(self, out, head):
+            return 2 * out.block_norm
+
+    monkeypatch.setitem(base.METHODS, "scaled_norm", Scaled)
+    assert uses_block("scaled_norm") and uses_block("featurenorm") and uses_block("msp_blocknorm")
+    assert not uses_block("msp") and not uses_block("knn")

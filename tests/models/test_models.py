@@ -199,3 +199,13 @@ def test_timm_errors_are_user_errors():
         build_model("timm/no_such_net", 10)
     with pytest.raises(UserError, match=r"config key 'width' applies only to featurenorm's own architectures"):
         build_model("timm/resnet10t", 10, width=0.5)
+
+
+def test_a_taken_model_name_is_refused_and_the_same_builder_again_is_no_change(monkeypatch):
+    from featurenorm.models import registry
+
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    builder = registry.MODELS["resnet18"]
+    with pytest.raises(ValueError, match="model name 'resnet18' is registered already"):
+        registry.register_model("resnet18")(lambda num_classes, **_: nn.Linear(1, num_classes))
+    assert registry.register_model("resnet18")(builder) is builder and registry.MODELS["resnet18"] is builder

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from featurenorm.features import BlockError, FeatureTap, feature_norm
-from featurenorm.layouts import CHANNELS_FIRST, tokens
+from featurenorm.core.tap import BlockError, FeatureTap, feature_norm
+from featurenorm.core.layouts import CHANNELS_FIRST, tokens
 from featurenorm.models import build_model
-from featurenorm.models.blocks import block_layouts, candidate_blocks
+from featurenorm.core.blocks import block_layouts, candidate_blocks
 
 timm = pytest.importorskip("timm")
 
