@@ -1,4 +1,4 @@
-"""The README's real-data figures are the ones the reproduction wrote (results/mnist_family/summary.md)."""
+"""The README's real-data figures and the study page's are the ones the scripts wrote (results/)."""
 from __future__ import annotations
 
 import re
@@ -26,3 +26,12 @@ def test_the_real_data_section_names_the_machine_the_wall_time_and_n():
     readme = section((REPO / "README.md").read_text(), "Real data")
     assert re.search(r"\b3 seeds\b", readme) and "scripts/reproduce_mnist_family.sh" in readme
     assert re.search(r"\d+ min", readme) and "CPU" in readme
+
+
+def test_the_study_page_quotes_the_studys_rows():
+    page = (REPO / "docs" / "study.md").read_text()
+    study = (REPO / "results" / "block_study" / "study.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| ") and not line.startswith("| criterion |")
+            and not line.startswith("| model |") and not line.startswith("| evidence")]
+    assert len(rows) >= 20
+    assert [row for row in rows if row not in study] == []
