@@ -4,7 +4,7 @@
 # (the other data set's test split, plus four sets made from what installed packages ship); then
 # scripts/summarize_mnist_family.py writes the README's tables and plots to results/mnist_family/.
 #
-#   scripts/reproduce_mnist_family.sh [--dry-run] [--data DIR] [--seeds "0 1 2"] [--runs DIR]
+#   scripts/reproduce_mnist_family.sh [--dry-run] [--data DIR] [--seeds "0 1 2"] [--runs DIR] [--results DIR]
 #
 # DIR holds mnist/ and fashion-mnist/ with the four IDX files each (gzipped or not); by default
 # ../shared/data when it exists, else ./data. A stage whose output is already there is skipped,
@@ -13,11 +13,12 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-usage: scripts/reproduce_mnist_family.sh [--dry-run] [--data DIR] [--seeds "0 1 2"] [--runs DIR]
+usage: scripts/reproduce_mnist_family.sh [--dry-run] [--data DIR] [--seeds "0 1 2"] [--runs DIR] [--results DIR]
 
   --data DIR   folder with mnist/ and fashion-mnist/ (default: ../shared/data if present, else ./data)
   --seeds S    the seeds, space-separated (default "0 1 2")
   --runs DIR   where the runs go (default runs/mnist_family)
+  --results DIR  where the summary goes (default results/mnist_family; results/<name of --runs> otherwise)
   --dry-run    print the commands without running them
   -h, --help   this message
 USAGE
@@ -28,6 +29,7 @@ DRY_RUN=0
 DATA=""
 SEEDS="0 1 2"
 RUNS=runs/mnist_family
+RESULTS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -35,10 +37,12 @@ while [ $# -gt 0 ]; do
     --data) DATA="${2:?--data needs a folder}"; shift ;;
     --seeds) SEEDS="${2:?--seeds needs a list}"; shift ;;
     --runs) RUNS="${2:?--runs needs a folder}"; shift ;;
+    --results) RESULTS="${2:?--results needs a folder}"; shift ;;
     *) echo "error: unknown argument '$1'; see --help" >&2; exit 2 ;;
   esac
   shift
 done
+RESULTS=${RESULTS:-results/$(basename "$RUNS")}
 if [ -z "$DATA" ]; then
   if [ -d ../shared/data/mnist ]; then DATA=../shared/data; else DATA=./data; fi
 fi
@@ -83,4 +87,4 @@ for seed in $SEEDS; do
       "${OOD_ARGS[@]}"
   done
 done
-STAGE=summary RUN=- run "$PY" scripts/summarize_mnist_family.py "$RUNS" --out results/mnist_family
+STAGE=summary RUN=- run "$PY" scripts/summarize_mnist_family.py "$RUNS" --out "$RESULTS"
