@@ -44,7 +44,7 @@ from ..methods import build_method, method_names
 from ..models import block_names, build_model
 from ..runtime import amp_dtype, autocast, device_name, peak_rss_mib, resolve_device
 from ..evaluation.scoring import Scorer
-from .timing import Paired, measure_pair, timed
+from .timing import Paired, measure_pair
 
 # figure -> (comparison, goal); shared_pass_speedup's goal is a fraction of K (see ``target_met``).
 TARGETS: dict[str, tuple[str, float]] = {
