@@ -339,10 +339,10 @@ def validate(cfg: Config, source: str = "config") -> None:
         bad("resize_size", f"must be at least image_size ({cfg.image_size}), got {cfg.resize_size}")
     if cfg.vim_dim is not None and cfg.vim_dim < 1:
         bad("vim_dim", "must be at least 1")
-    root_key = BENCHMARKS[cfg.benchmark]["root_key"]
+    root_key = BENCHMARKS[cfg.benchmark].root_key
     if root_key and not getattr(cfg, root_key):
         bad(root_key, f"is required with benchmark '{cfg.benchmark}': the folder holding "
-                      f"{BENCHMARKS[cfg.benchmark]['root_holds']} (e.g. --set {root_key}=./data/openood)")
+                      f"{BENCHMARKS[cfg.benchmark].root_holds} (e.g. --set {root_key}=./data/openood)")
     if not cfg.pseudo_ood:
         bad("pseudo_ood", "must list at least one pseudo-OOD kind, e.g. [\"jigsaw\"]")
 

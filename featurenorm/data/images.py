@@ -77,7 +77,7 @@ def eval_transform(cfg: Config) -> Callable:
     size, interpolation = cfg.image_size, T.InterpolationMode(cfg.interpolation)
     if cfg.resize_size is not None:
         geometry = [T.Resize(cfg.resize_size, interpolation=interpolation, antialias=True), T.CenterCrop(size)]
-    elif BENCHMARKS[cfg.benchmark]["resize"] == "shorter_side_crop":
+    elif BENCHMARKS[cfg.benchmark].resize == "shorter_side_crop":
         geometry = [T.Resize(size, interpolation=interpolation), T.CenterCrop(size)]
     else:
         geometry = [T.Resize((size, size), interpolation=interpolation)]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from featurenorm.config import Config
-from featurenorm.benchmarks import BENCHMARKS
+from featurenorm.benchmarks import BENCHMARKS, IdProtocol
 from featurenorm.data.images import UnreadableImagesWarning, describe_unreadable
 from featurenorm.data.ood import (OODSource, check_ood_source, open_ood, parse_ood_spec, resolve_ood_sources,
                                   subsample_paths)
@@ -71,10 +71,10 @@ def write_svhn(root: Path, n: int, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------- resolve
 def test_benchmark_tables_follow_the_paper_order():
     far = ["svhn", "textures", "lsun", "lsun-resize", "isun", "places365"]
-    assert BENCHMARKS["paper"]["datasets"]["cifar10"]["ood"] == (*far, "cifar100")
-    assert BENCHMARKS["paper"]["datasets"]["cifar100"]["ood"] == (*far, "cifar10")
+    assert BENCHMARKS["paper"].datasets["cifar10"].ood == (*far, "cifar100")
+    assert BENCHMARKS["paper"].datasets["cifar100"].ood == (*far, "cifar10")
     # the paper's ImageNet protocol (MOS's four subsets), in the paper's column order
-    assert BENCHMARKS["imagenet_four"]["datasets"] == {"imagenet": {"ood": ("inaturalist", "sun", "places", "textures")}}
+    assert BENCHMARKS["imagenet_four"].datasets == {"imagenet": IdProtocol(ood=("inaturalist", "sun", "places", "textures"))}
     # OpenOOD v1.5's ImageNet-1K groups, Textures read from images_classic/
     from featurenorm.benchmarks import benchmark_entry
 
