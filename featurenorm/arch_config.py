@@ -1,11 +1,15 @@
 """What a ``timm/<name>`` or ``torchvision/<name>`` arch adds to the config: its own evaluation
 preprocessing as defaults, and which model keys apply to it.
 
-No torch import at module level: the config is checked before torch loads.
+torchvision and timm themselves load only for such an arch: the two model modules import them inside
+the functions that need them.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from .models.timm_models import preprocessing as timm_preprocessing
+from .models.torchvision_models import preprocessing as torchvision_preprocessing
 
 # the config keys the model's own preprocessing fills in when the config leaves them out
 PREPROCESSING_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
@@ -21,10 +25,8 @@ def preprocessing_defaults(values: dict[str, Any], channels: int) -> dict[str, A
     if all(key in values for key in PREPROCESSING_KEYS):
         return {}
     if arch.startswith("torchvision/"):
-        from .models.torchvision_models import preprocessing  # lazy: torch and torchvision load for such an arch only
-        defaults = preprocessing(arch, values.get("weights"), values.get("image_size"))
+        defaults = torchvision_preprocessing(arch, values.get("weights"), values.get("image_size"))
     elif arch.startswith("timm/"):
-        from .models.timm_models import preprocessing as timm_preprocessing  # lazy: torch and timm, as above
         defaults = timm_preprocessing(arch, values.get("image_size"))
         if channels != 3:
             defaults = {k: v for k, v in defaults.items() if k not in ("mean", "std")}

@@ -8,13 +8,24 @@ Each ``*_main(argv)`` parses the flags, loads the config and calls one library f
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from .config import CRITERIA, load_config
 from .benchmarks import BENCHMARKS
+from .config import load_config
+from .core.criteria import CRITERIA
+from .core.tap import BlockError
 from .errors import UserError, reported, run_cli
+from .methods import method_names
+from .reporting.tables import format_block_table, summary_text
+from .runs.evaluate import run_evaluation
+from .runs.select import run_selection
+from .runtime import is_main_process
+from .training.loop import StopRequested, train
 
 
 def add_common_arguments(parser, config_default: str | None = None) -> None:
@@ -43,10 +54,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def import_plugins(specs: Sequence[str]) -> None:
     """Import each ``--plugin``: a dotted module name or a path to a ``.py`` file. Its registrations
     (``register_model``, ``register_method``, ...) run on import."""
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
     for spec in specs:
         path = Path(spec)
         if spec.endswith(".py"):
@@ -86,8 +93,6 @@ def train_main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .training.loop import StopRequested, train  # lazy: torch loads after the config is known to be good
-
     try:
         metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except StopRequested as stop:
@@ -98,7 +103,7 @@ def train_main(argv: Sequence[str]) -> int:
 
 
 def select_main(argv: Sequence[str]) -> int:
-    criteria = "; ".join(f"{name}: {rule}" for name, rule in CRITERIA.items())
+    criteria = "; ".join(f"{name}: {criterion.rule}" for name, criterion in CRITERIA.items())
     parser = argparse.ArgumentParser(prog="select_block.py",
                                      description="NormRatio block selection with jigsaw (and other) pseudo-OOD "
                                                  "images made from the ID training images.")
@@ -118,24 +123,18 @@ def select_main(argv: Sequence[str]) -> int:
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .core.tap import BlockError  # lazy: torch loads after the config check
-    from .reporting.tables import format_block_table  # lazy: as above
-    from .runs.select import run_selection  # lazy: as above
-    from .runtime import is_main_process  # lazy: as above
 
     with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
         selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
                                   progress=not args.no_progress, pseudo_ood=args.pseudo_ood)
     if is_main_process():
         print(format_block_table(selection.rows, selection.selected))
-        print(f"selected block: {selection.selected['name']} (criterion {selection.criterion}); "
+        print(f"selected block: {selection.block} (criterion {selection.criterion}); "
               f"wrote {cfg.save_dir / 'block_selection.json'} and {cfg.save_dir / 'norm_ratio.png'}")
     return 0
 
 
 def eval_main(argv: Sequence[str]) -> int:
-    from .methods import method_names  # lazy: torch loads when eval_ood.py runs, not when train.py does
-
     parser = argparse.ArgumentParser(prog="eval_ood.py", description="OOD evaluation: FPR95, AUROC, AUPR-In/Out "
                                                                       "for each method and OOD set.")
     _add_arguments(parser)
@@ -150,10 +149,6 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .reporting.tables import summary_text  # lazy: torch loads after the config check
-    from .core.tap import BlockError  # lazy: as above
-    from .runs.evaluate import run_evaluation  # lazy: as above
-    from .runtime import is_main_process  # lazy: as above
 
     with reported(BlockError):
         run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,

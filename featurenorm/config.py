@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from .benchmarks import BENCHMARKS, DEFAULT_BENCHMARK
 from .errors import ConfigError, UserError
 from .arch_config import model_key_problem, preprocessing_defaults
+from .core.criteria import CRITERIA
 
 # Keys of the OOD benchmark folders, as they are spelled in JSON (seed format).
 OOD_KEYS = ("svhn", "textures", "lsun", "lsun-resize", "isun", "places365", "cifar10", "cifar100",
@@ -33,18 +34,6 @@ RECORD_ONLY = ("git_commit",)
 # Spellings from other code bases that string similarity cannot link to ours.
 SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "model": "arch", "architecture": "arch",
             "num_epochs": "epochs", "n_epochs": "epochs"}
-# The block selection criteria, each with its rule in one sentence; the config check, select_block.py's
-# --criterion choices and featurenorm.selection.api all read this one table (here: no torch import needed).
-CRITERIA = {
-    "norm_ratio": "the block with the largest NormRatio of ID images to their jigsaw puzzles (the paper's rule)",
-    "auroc": "the block whose FeatureNorm best separates ID images from their jigsaw puzzles (AUROC)",
-    "mean_rank": "the block with the best rank by ID-vs-pseudo-OOD AUROC, averaged over the pseudo-OOD kinds",
-    "mean_auroc": "the block whose FeatureNorm separates ID images from the pseudo-OOD kinds best on average "
-                  "(ID-vs-kind AUROC, mean over the kinds)",
-    "min_auroc": "the block whose worst ID-vs-pseudo-OOD AUROC over the kinds is the highest",
-}
-
-
 @dataclass
 class Config:
     """Every key a config file may hold. Defaults follow the paper's ResNet-18 CIFAR-10 recipe."""
@@ -154,7 +143,7 @@ CHOICES = {
     "device": None,  # free form: auto, cpu, cuda, cuda:1, mps
     "loader": ("auto", "gpu", "torch"),
     "amp": ("auto", "bf16", "fp16", "fp32"),
-    "criterion": tuple(CRITERIA),
+    "criterion": CRITERIA.keys(),  # a live view: criteria registered later are valid too
     "benchmark": tuple(BENCHMARKS),
     "interpolation": ("bilinear", "bicubic"),
 }

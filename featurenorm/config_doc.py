@@ -16,6 +16,7 @@ import tokenize
 from pathlib import Path
 
 from . import config as config_module
+from .core.criteria import CRITERIA
 
 SECTION_MARK = "# ---"
 _JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
@@ -121,5 +122,5 @@ def config_reference() -> str:
 
 
 def criteria_reference() -> str:
-    """A Markdown list of the block-selection criteria, each with its rule (``config.CRITERIA``)."""
-    return "\n".join(f"- `{name}`: {rule};" for name, rule in config_module.CRITERIA.items()) + "\n"
+    """A Markdown list of the block-selection criteria, each with its rule (``core.criteria.CRITERIA``)."""
+    return "\n".join(f"- `{name}`: {criterion.rule};" for name, criterion in CRITERIA.items()) + "\n"

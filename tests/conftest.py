@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from featurenorm.config import Config, load_config
+from featurenorm.core.block_rows import BlockRow
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = REPO / "conf" / "digits.json"
@@ -181,3 +182,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _kind_rows(aurocs: dict[str, list[float]], ratios: list[float] | None = None) -> list[BlockRow]:
+    """Block rows holding each kind's AUROC per block (NormRatio 1 unless given for the jigsaw)."""
+    count = len(next(iter(aurocs.values())))
+    ratios = ratios or [1.0] * count
+    return [BlockRow.from_dict({"index": i, "name": f"block{i}", "shape": [4], "norm_ratio": ratios[i],
+                                "id_norm_mean": 1.0, "jigsaw_norm_mean": 1.0, "jigsaw_auroc": aurocs["jigsaw"][i],
+                                "pseudo_ood": {kind: {"norm_ratio": ratios[i] if kind == "jigsaw" else 1.0,
+                                                      "norm_mean": 1.0, "auroc": values[i]}
+                                               for kind, values in aurocs.items()}}) for i in range(count)]
+
+
+@pytest.fixture
+def kind_rows() -> Callable[..., list]:
+    """Hand-made block rows (``BlockRow``): ``kind_rows({"jigsaw": [aurocs per block], ...}, ratios=...)``."""
+    return _kind_rows

@@ -9,7 +9,7 @@ methods that learn ID-train statistics :mod:`featurenorm.evaluation.fits`, and t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config
+from ..core.block_rows import SelectedBlock
 from ..core.blocks import candidate_blocks, classifier_parts, model_device
 from ..errors import UserError
 from ..methods import METHODS, build_method, method_names
@@ -36,13 +37,36 @@ class NoOODImages(ValueError):
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate_scores` returns: the ``ood_results.json`` dict and the per-image scores behind it."""
+    """What :func:`evaluate_scores` returns: the per-image scores (ID and each OOD set) and what the
+    ``ood_results.json`` dict is assembled from.
 
-    results: dict[str, Any]
+    :attr:`results` assembles that dict once, on first use, with the provenance the model alone gives;
+    a run that knows more (its config's arch, dataset, checkpoint, skipped sets) calls :meth:`assemble`
+    with it first.
+    """
+
     id_scores: DatasetScores
     ood_scores: dict[str, DatasetScores]
+    methods: list[str]
+    meta: ResultsMeta
     with_logits: bool = True
+    all_blocks: bool = False
     written: list[Path] = field(default_factory=list)
+    _results: dict[str, Any] | None = field(default=None, repr=False)
+
+    def assemble(self, **provenance: Any) -> dict[str, Any]:
+        """Assemble the results with the :class:`ResultsMeta` fields in ``provenance`` replacing this run's;
+        OOD sets without a readable image are left out."""
+        self.meta = replace(self.meta, **provenance)
+        self._results = assemble_results(self.meta, self.methods, self.id_scores,
+                                         {k: v for k, v in self.ood_scores.items() if v.count},
+                                         with_logits=self.with_logits, all_blocks=self.all_blocks)
+        return self._results
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """The ``ood_results.json`` dict."""
+        return self._results if self._results is not None else self.assemble()
 
 
 def _build_methods(methods: Sequence[Any], cfg: Config | None) -> dict[str, Any]:
@@ -116,13 +140,10 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
         model.train(was_training)
     if not any(result.count for result in ood_scores.values()):
         raise NoOODImages(f"no OOD image could be read (empty: {', '.join(ood_scores)})", list(ood_scores))
-    selected = {"name": block, "index": candidates.index(block) if block in candidates else None} if block else None
-    results = assemble_results(ResultsMeta(arch=type(model).__name__, block=selected,
-                                           hyperparameters={n: m.hparams() for n, m in built.items() if m.hparams()},
-                                           fit=fit_status),
-                               names, id_scores, {k: v for k, v in ood_scores.items() if v.count},
-                               with_logits=need_logits, all_blocks=all_blocks)
-    return Evaluation(results, id_scores, ood_scores, with_logits=need_logits)
+    selected = SelectedBlock(block, candidates.index(block) if block in candidates else None) if block else None
+    meta = ResultsMeta(arch=type(model).__name__, block=selected,
+                       hyperparameters={n: m.hparams() for n, m in built.items() if m.hparams()}, fit=fit_status)
+    return Evaluation(id_scores, ood_scores, names, meta, with_logits=need_logits, all_blocks=all_blocks)
 
 
 def evaluate(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[str, Iterable],

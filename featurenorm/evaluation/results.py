@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import UserError
+from ..core.block_rows import SelectedBlock
 from ..core.metrics import METRIC_KEYS, average_metrics, group_averages, ood_metrics
 
 if TYPE_CHECKING:  # torch stays out of this module, which the tables and the comparisons import
@@ -77,7 +78,7 @@ class ResultsMeta:
     """The provenance fields of ``ood_results.json``."""
 
     arch: str | None
-    block: dict[str, Any] | None
+    block: SelectedBlock | None
     hyperparameters: dict[str, Any]
     fit: Mapping[str, FitStatus]
     id_dataset: str | None = None
@@ -109,7 +110,8 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
     num_id = id_scores.count
     results: dict[str, Any] = {
         "id_dataset": meta.id_dataset, "arch": meta.arch, "id_accuracy": accuracy, "num_id": num_id,
-        "checkpoint": meta.checkpoint, "seed": meta.seed, "block": meta.block, "convention": CONVENTION,
+        "checkpoint": meta.checkpoint, "seed": meta.seed, "block": meta.block.to_dict() if meta.block else None,
+        "convention": CONVENTION,
         "skipped": meta.skipped, "unreadable": meta.unreadable, "conversions": meta.conversions,
         "benchmark": meta.benchmark,
         "table_metrics": list(meta.table_metrics),
@@ -126,8 +128,8 @@ def assemble_results(meta: ResultsMeta, names: Sequence[str], id_scores: Dataset
             per_set.update(group_averages(per_set, meta.groups))
             per_block[block] = per_set
         results["per_block"] = per_block
-        if meta.block and meta.block.get("name") in per_block:
-            results["oracle"] = oracle_gap(per_block, meta.block["name"])
+        if meta.block and meta.block.name in per_block:
+            results["oracle"] = oracle_gap(per_block, meta.block.name)
     return results
 
 

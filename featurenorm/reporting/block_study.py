@@ -17,8 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import CRITERIA
-from ..selection.criteria import choose_block, row_kinds
+from ..core.criteria import CRITERIA, choose_block
 from .seed_tables import Run, read_run
 from .summary import mean_std
 from ..selection.plot import pyplot, save_figure
@@ -36,18 +35,18 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def evidence(run: Run) -> dict[str, list[float]]:
     """``"<kind> NormRatio"`` and ``"<kind> AUROC"`` -> one value per block, in forward order."""
-    rows = run.selection["blocks"]
+    rows = run.selection.rows
     found: dict[str, list[float]] = {}
-    for kind in row_kinds(rows[0]):
+    for kind in rows[0].kinds:
         for key, label in (("norm_ratio", "NormRatio"), ("auroc", "AUROC")):
-            found[f"{kind} {label}"] = [float(row_kinds(row)[kind][key]) for row in rows]
+            found[f"{kind} {label}"] = [float(getattr(row.kinds[kind], key)) for row in rows]
     return found
 
 
 def real_aurocs(run: Run) -> list[float]:
     """FeatureNorm's average real-OOD AUROC (percent) per block, in the order of the selection rows."""
     aurocs = run.block_aurocs
-    return [aurocs[row["name"]] for row in run.selection["blocks"]]
+    return [aurocs[row.name] for row in run.selection.rows]
 
 
 def gap_of(run: Run, block: str) -> float:
@@ -73,8 +72,8 @@ class ModelRow:
 def model_row(run: Run, part: str, criteria: Sequence[str] = tuple(CRITERIA)) -> ModelRow:
     aurocs = run.block_aurocs
     best = max(aurocs, key=lambda block: aurocs[block])
-    rows = run.selection["blocks"]
-    picks = {c: choose_block(rows, c)["name"] for c in criteria}
+    rows = run.selection.rows
+    picks = {c: choose_block(rows, c).name for c in criteria}
     truth = real_aurocs(run)
     return ModelRow(run.folder.name, part, best, aurocs[best], gap_of(run, list(aurocs)[-1]), picks,
                     {c: gap_of(run, block) for c, block in picks.items()},

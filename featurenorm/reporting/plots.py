@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..core.block_rows import BlockRow, SelectedBlock
 from ..evaluation.results import AVERAGE, to_percent
 from ..selection.plot import (ID_COLOR, KIND_MARKERS, OOD_COLOR, SELECTED_COLOR, bar_figure_size, block_rows,
                               draw_norm_ratio_bars, kind_figures, kind_offset, legend_outside, pyplot, save_figure,
@@ -106,8 +107,8 @@ def _per_block_auroc_percent(names: Sequence[str], per_block: Mapping[str, Any])
     return np.array(values, dtype=np.float64)
 
 
-def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.PathLike,
-                             selected: dict | None = None) -> Path:
+def plot_norm_ratio_vs_auroc(rows: Sequence[BlockRow], per_block: dict, path: str | os.PathLike,
+                             selected: SelectedBlock | None = None) -> Path:
     """NormRatio per block (bars, left axis) beside the block's average OOD AUROC (line, right axis), and
     below, the blocks' ranking by the real average AUROC beside their ranking by each pseudo-OOD kind.
 
@@ -115,10 +116,10 @@ def plot_norm_ratio_vs_auroc(rows: list[dict], per_block: dict, path: str | os.P
     best on the real OOD sets (cf. the block-wise analysis of Yu et al., CVPR 2023).
 
     Args:
-        rows: ``block_selection.json["blocks"]``: dicts with ``name``, ``norm_ratio`` and ``pseudo_ood``.
+        rows: one per block (``BlockRow.from_dict`` reads ``block_selection.json["blocks"]``).
         per_block: ``ood_results.json["per_block"]``: block name -> {set: metrics, "average": metrics}.
         path: PNG file to write.
-        selected: ``{"index": int, "name": str}`` to highlight, or None.
+        selected: the block to highlight, or None.
 
     Returns:
         ``Path(path)``.

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import CRITERIA
+from ..core.block_rows import BlockRow, KindFigures
+from ..core.criteria import CRITERIA, choose_block
 from ..errors import UserError
 from ..evaluation.results import AVERAGE
-from ..selection.criteria import choose_block
+from ..selection.api import BlockSelection
 from .summary import MeanStd, RunsSummary, format_summary, mean_std, summarize_results
 from .plots import plot_norm_ratio_vs_auroc
 
@@ -30,7 +31,7 @@ class Run:
     """One run's selection and results, as read from its folder."""
 
     folder: Path
-    selection: dict[str, Any]
+    selection: BlockSelection
     results: dict[str, Any]
 
     @property
@@ -54,12 +55,15 @@ def read_run(folder: str | Path) -> Run:
     selection, results = loaded
     if not results.get("per_block"):
         raise UserError(f"{folder / 'ood_results.json'} has no per_block table; rerun eval_ood.py with --all-blocks")
-    return Run(folder, selection, results)
+    try:
+        return Run(folder, BlockSelection.from_dict(selection), results)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder / 'block_selection.json'} is not a block selection; rerun select_block.py") from None
 
 
 def criterion_choices(run: Run, criteria: Sequence[str] = tuple(CRITERIA)) -> dict[str, str]:
     """Criterion -> the block it picks from the run's selection rows."""
-    return {criterion: choose_block(run.selection["blocks"], criterion)["name"] for criterion in criteria}
+    return {criterion: choose_block(run.selection.rows, criterion).name for criterion in criteria}
 
 
 def _best_block(aurocs: Mapping[str, float]) -> str:
@@ -116,17 +120,15 @@ def choice_table(rows: Sequence[ChoiceRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mean_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """The runs' selection rows averaged block by block (norm_ratio and each kind's figures)."""
+def _mean_rows(runs: Sequence[Run]) -> list[BlockRow]:
+    """The runs' selection rows averaged block by block (the ID norm and each kind's figures)."""
     rows = []
-    for position, first in enumerate(runs[0].selection["blocks"]):
-        rows_here = [run.selection["blocks"][position] for run in runs]
-        row = {"index": first["index"], "name": first["name"]}
-        if "norm_ratio" in first:
-            row["norm_ratio"] = _mean(r["norm_ratio"] for r in rows_here)
-        row["pseudo_ood"] = {kind: {key: _mean(r["pseudo_ood"][kind][key] for r in rows_here) for key in figures}
-                             for kind, figures in first["pseudo_ood"].items()}
-        rows.append(row)
+    for position, first in enumerate(runs[0].selection.rows):
+        here = [run.selection.rows[position] for run in runs]
+        kinds = {kind: KindFigures(*(_mean(getattr(r.kinds[kind], key) for r in here)
+                                     for key in ("norm_ratio", "norm_mean", "auroc")))
+                 for kind in first.kinds}
+        rows.append(BlockRow(first.index, first.name, first.shape, _mean(r.id_norm_mean for r in here), kinds))
     return rows
 
 
@@ -136,9 +138,9 @@ def _mean(values) -> float:
 
 
 def _check_same_blocks(runs: Sequence[Run]) -> list[str]:
-    names = [row["name"] for row in runs[0].selection["blocks"]]
+    names = [row.name for row in runs[0].selection.rows]
     for run in runs[1:]:
-        if [row["name"] for row in run.selection["blocks"]] != names:
+        if [row.name for row in run.selection.rows] != names:
             raise UserError(f"{run.folder} has other blocks than {runs[0].folder}; tabulate runs of one model only")
     return names
 
@@ -147,7 +149,7 @@ def block_table(runs: Sequence[Run], primary: str | None = None) -> str:
     """Markdown, one row per block: NormRatio (jigsaw), FeatureNorm's average AUROC and on ``primary``,
     each mean ± std over the runs, and how often ``norm_ratio`` picked the block."""
     names = _check_same_blocks(runs)
-    picked = [choose_block(run.selection["blocks"], "norm_ratio")["name"] for run in runs]
+    picked = [choose_block(run.selection.rows, "norm_ratio").name for run in runs]
     header = "| block | NormRatio (jigsaw) | average AUROC (%) |"
     rule = "|---|---:|---:|"
     if primary:
@@ -155,7 +157,7 @@ def block_table(runs: Sequence[Run], primary: str | None = None) -> str:
         rule += "---:|"
     lines = [header + " picked by norm_ratio |", rule + "---:|"]
     for position, name in enumerate(names):
-        ratio = mean_std([run.selection["blocks"][position].get("norm_ratio", math.nan) for run in runs])
+        ratio = mean_std([run.selection.rows[position].norm_ratio for run in runs])
         cells = [name, f"{ratio.mean:.3f} ± {ratio.std:.3f}", _cell(mean_std([run.block_aurocs[name] for run in runs]))]
         if primary:
             cells.append(_cell(mean_std([100.0 * run.results["per_block"][name][primary]["auroc"] for run in runs])))
@@ -169,7 +171,7 @@ def plot_mean_norm_ratio_vs_auroc(runs: Sequence[Run], path: str | Path) -> Path
     names = _check_same_blocks(runs)
     per_block = {name: {AVERAGE: {"auroc": _mean(run.block_aurocs[name] / 100.0 for run in runs)}} for name in names}
     rows = _mean_rows(runs)
-    return plot_norm_ratio_vs_auroc(rows, per_block, path, selected=choose_block(rows, "norm_ratio"))
+    return plot_norm_ratio_vs_auroc(rows, per_block, path, selected=choose_block(rows, "norm_ratio").as_selected())
 
 
 def compact_methods_table(summary: RunsSummary, primary: str) -> str:

@@ -29,7 +29,8 @@ from featurenorm.errors import UserError
 from featurenorm.files import atomic_path, write_text
 from featurenorm.evaluation.results import (AVERAGE, DEFAULT_TABLE_METRICS, METRIC_LABELS, methods_of, group_names,
                                  ood_set_names, to_percent)
-from featurenorm.selection.criteria import row_kinds, average_auroc_ranks
+from featurenorm.core.block_rows import JIGSAW, BlockRow, SelectedBlock
+from featurenorm.core.criteria import average_auroc_ranks
 
 
 # ---------------------------------------------------------------------------
@@ -274,23 +275,23 @@ def write_scores_npz(scores: dict[str, np.ndarray], path: str | os.PathLike) -> 
 # Block selection
 # ---------------------------------------------------------------------------
 
-def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] | int | None = None) -> str:
+def format_block_table(rows: Sequence[BlockRow], selected: SelectedBlock | None = None) -> str:
     """A fixed-width text table of the block summary, the selected row marked with ``*``.
 
     Args:
-        rows: from :func:`featurenorm.selection.ratios.summarize_blocks`.
-        selected: from :func:`featurenorm.selection.criteria.choose_block` (or its index); None marks nothing.
+        rows: from :func:`featurenorm.selection.ratios.summarize_blocks` (or ``BlockRow.from_dict``).
+        selected: the chosen block; None marks nothing.
     """
-    selected_index = selected["index"] if isinstance(selected, dict) else selected
+    selected_index = selected.index if selected else None
     header = [" ", "index", "block", "shape", "id norm", "jigsaw norm", "NormRatio", "AUROC"]
-    body = [["*" if row["index"] == selected_index else "",
-             str(row["index"]),
-             row["name"],
-             "x".join(str(d) for d in row["shape"]),
-             f"{row['id_norm_mean']:.4f}",
-             f"{row['jigsaw_norm_mean']:.4f}",
-             f"{row['norm_ratio']:.4f}",
-             f"{row['jigsaw_auroc']:.4f}"] for row in rows]
+    nan = float("nan")
+    body = []
+    for row in rows:
+        jigsaw = row.kinds.get(JIGSAW)
+        body.append(["*" if row.index == selected_index else "", str(row.index), row.name,
+                     "x".join(str(d) for d in row.shape), f"{row.id_norm_mean:.4f}",
+                     f"{jigsaw.norm_mean if jigsaw else nan:.4f}", f"{row.norm_ratio:.4f}",
+                     f"{jigsaw.auroc if jigsaw else nan:.4f}"])
     widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
     text_columns = {2, 3}  # left-aligned; numbers are right-aligned
 
@@ -301,18 +302,18 @@ def format_block_table(rows: Sequence[dict[str, Any]], selected: dict[str, Any] 
 
     rule = "  ".join("-" * width for width in widths)
     table = "\n".join([render(header), rule] + [render(line) for line in body])
-    kinds = list(row_kinds(rows[0])) if rows else []
+    kinds = list(rows[0].kinds) if rows else []
     if len(kinds) < 2:
         return table
     return table + "\n\nper pseudo-OOD kind: NormRatio / AUROC of ID vs. that kind; mean rank by AUROC over the kinds\n" \
         + _kind_table(rows, selected_index, kinds)
 
 
-def _kind_table(rows: Sequence[Mapping[str, Any]], selected_index: int | None, kinds: Sequence[str]) -> str:
+def _kind_table(rows: Sequence[BlockRow], selected_index: int | None, kinds: Sequence[str]) -> str:
     ranks = average_auroc_ranks(rows)
     header = [" ", "index", "block"] + list(kinds) + ["mean rank"]
-    body = [["*" if row["index"] == selected_index else "", str(row["index"]), row["name"]]
-            + [f"{row_kinds(row)[kind]['norm_ratio']:.3f} / {row_kinds(row)[kind]['auroc']:.3f}" for kind in kinds]
+    body = [["*" if row.index == selected_index else "", str(row.index), row.name]
+            + [f"{row.kinds[kind].norm_ratio:.3f} / {row.kinds[kind].auroc:.3f}" for kind in kinds]
             + [f"{rank:.2f}"] for row, rank in zip(rows, ranks)]
     widths = [max(len(line[col]) for line in [header] + body) for col in range(len(header))]
 

@@ -21,12 +21,12 @@ from ..data.splits import load_split
 from ..errors import UserError
 from ..evaluation.api import Evaluation, NoOODImages, evaluate_scores
 from ..evaluation.fits import fit_with_cache
-from ..evaluation.results import ResultsMeta, assemble_results
 from ..methods import build_method, method_names
 from ..methods.base import uses_block
 from ..reporting import plots
 from ..reporting import tables as report
-from ..selection.ratios import SelectedBlock
+from ..core.block_rows import SelectedBlock
+from ..selection.api import BlockSelection
 from ..runtime import amp_dtype, init_distributed, shutdown_distributed
 from ..training.checkpoint import load_run_model
 
@@ -60,24 +60,23 @@ def resolve_block(cfg: Config, block: str | None, model: nn.Module,
         if block not in dict(model.named_modules()):
             raise UserError(f"--block '{block}' is not a block of {cfg.arch}; valid: {', '.join(candidate_blocks(model))}")
         names = list(cfg.blocks or candidate_blocks(model))
-        return {"name": block, "index": names.index(block) if block in names else None, "source": "--block"}
+        return SelectedBlock(block, names.index(block) if block in names else None, source="--block")
     path = cfg.save_dir / "block_selection.json"
     if not path.is_file():
         raise UserError(f"no block selected: '{path}' not found; run select_block.py --config ... first, "
                         "or pass --block NAME")
     try:
-        selection = json.loads(path.read_text())
-        selected = selection["selected"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        selection = BlockSelection.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UserError(f"'{path}' is not a valid block selection; rerun select_block.py") from None
-    made_for = selection.get("checkpoint")
+    made_for, selected = selection.checkpoint, selection.selected
     if checkpoint is not None and made_for and not _same_file(made_for, checkpoint):
         warnings.warn(f"{path} was made for checkpoint '{made_for}', not '{checkpoint}'; rerun select_block.py "
                       "for this checkpoint, or pass --block", stacklevel=2)
-    if selected["name"] not in dict(model.named_modules()):
-        raise UserError(f"'{path}' selects '{selected['name']}', which is not a block of {cfg.arch}; "
+    if selected.name not in dict(model.named_modules()):
+        raise UserError(f"'{path}' selects '{selected.name}', which is not a block of {cfg.arch}; "
                         "rerun select_block.py for this checkpoint")
-    return {"name": selected["name"], "index": selected.get("index"), "source": "block_selection.json"}
+    return SelectedBlock(selected.name, selected.index, source="block_selection.json")
 
 
 def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | None = None, block: str | None = None,
@@ -104,7 +103,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         test_split = load_split(cfg, train=False)
         try:
             evaluation = evaluate_scores(model, split_batches(cfg, test_split, device), ood_loaders,
-                                         list(built.values()), block=selected["name"] if selected else None,
+                                         list(built.values()), block=selected.name if selected else None,
                                          all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
                                          amp=amp, cfg=cfg, fitted=fit_status, progress=show)
         except NoOODImages as err:
@@ -115,18 +114,14 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         # listed ID test images left out (missing or not images) count under the ID set's name
         unreadable = {id_kind: len(test_split.unreadable)} if test_split.unreadable else {}
         unreadable.update({name: len(result.unreadable) for name, result in evaluation.ood_scores.items()})
-        for name, result in list(evaluation.ood_scores.items()):
-            if result.count == 0:
-                skipped[name] = "no readable images"
-                del evaluation.ood_scores[name]
+        for name in [name for name, result in evaluation.ood_scores.items() if result.count == 0]:
+            skipped[name] = "no readable images"
+            del evaluation.ood_scores[name]
         entry = benchmark_entry(cfg.benchmark, id_kind or "imagefolder")  # its groups and table layout
-        meta = ResultsMeta(id_dataset=id_kind, arch=cfg.arch, checkpoint=weights.description, seed=cfg.seed,
-                           block=selected, skipped=skipped, unreadable=unreadable,
-                           conversions={k: v for k, v in conversions.items() if k in evaluation.ood_scores},
-                           hyperparameters=evaluation.results["hyperparameters"], fit=fit_status,
-                           benchmark=cfg.benchmark, groups=entry.groups, table_metrics=entry.table_metrics)
-        evaluation.results = assemble_results(meta, names, evaluation.id_scores, evaluation.ood_scores,
-                                              with_logits=evaluation.with_logits, all_blocks=all_blocks)
+        evaluation.assemble(id_dataset=id_kind, arch=cfg.arch, checkpoint=weights.description, seed=cfg.seed,
+                            block=selected, skipped=skipped, unreadable=unreadable,
+                            conversions={k: v for k, v in conversions.items() if k in evaluation.ood_scores},
+                            benchmark=cfg.benchmark, groups=entry.groups, table_metrics=entry.table_metrics)
         if info.is_main:
             evaluation.written = write_outputs(cfg, evaluation, selected, save_scores, all_blocks)
         return evaluation
@@ -162,7 +157,8 @@ def _live_ood_sources(cfg: Config, ood_specs: Sequence[str]) -> tuple[list, dict
     return live, skipped
 
 
-def write_outputs(cfg: Config, evaluation: Evaluation, selected, save_scores: bool, all_blocks: bool) -> list[Path]:
+def write_outputs(cfg: Config, evaluation: Evaluation, selected: SelectedBlock | None, save_scores: bool,
+                  all_blocks: bool) -> list[Path]:
     """Write the JSON/Markdown/CSV results, optionally the scores, and the plots; return the paths."""
     save_dir = cfg.save_dir
     results, id_scores, ood_scores = evaluation.results, evaluation.id_scores, evaluation.ood_scores
@@ -172,14 +168,14 @@ def write_outputs(cfg: Config, evaluation: Evaluation, selected, save_scores: bo
         for set_name, result in ood_scores.items():
             arrays.update({f"{m}.{set_name}": v.numpy() for m, v in result.scores.items()})
         written.append(report.write_scores_npz(arrays, save_dir / "scores.npz"))
-    if selected and selected["name"] in id_scores.block_norms:
-        block = selected["name"]
+    if selected and selected.name in id_scores.block_norms:
+        block = selected.name
         written.append(plots.plot_feature_norm_hist(
             id_scores.block_norms[block].numpy(), {s: r.block_norms[block].numpy() for s, r in ood_scores.items()},
             block, save_dir / "feature_norm_hist.png"))
     selection = save_dir / "block_selection.json"
     if all_blocks and selection.is_file():
-        rows = json.loads(selection.read_text())
+        chosen = BlockSelection.from_dict(json.loads(selection.read_text()))
         written.append(plots.plot_norm_ratio_vs_auroc(
-            rows["blocks"], results["per_block"], save_dir / "norm_ratio_vs_auroc.png", selected=rows["selected"]))
+            chosen.rows, results["per_block"], save_dir / "norm_ratio_vs_auroc.png", selected=chosen.selected))
     return written

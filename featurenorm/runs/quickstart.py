@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..config import CRITERIA, Config, load_config
+from ..config import Config, load_config
+from ..core.block_rows import BlockRow
+from ..core.criteria import CRITERIA, choose_block
 from ..data.synthetic import MANIFEST, write_synthetic_ood
 from ..evaluation.results import AVERAGE
-from ..selection.criteria import choose_block
+from ..selection.api import BlockSelection
 from ..training.checkpoint import read_checkpoint
 from ..training.loop import train
 from .evaluate import run_evaluation
@@ -22,14 +24,14 @@ from ..reporting.tables import format_block_table, per_block_text, results_table
 from .select import run_selection
 
 
-def criteria_gaps_text(rows: list[dict], per_block: dict) -> str:
+def criteria_gaps_text(rows: Sequence[BlockRow], per_block: dict) -> str:
     """One line: the block each criterion picks and its gap to the best block (average AUROC points)."""
     aurocs = {block: 100.0 * per_set[AVERAGE]["auroc"] for block, per_set in per_block.items()}
     best = max(aurocs.values())
     picks = []
     for criterion in CRITERIA:
         try:
-            block = choose_block(rows, criterion)["name"]
+            block = choose_block(rows, criterion).name
         except ValueError:  # a criterion whose kinds were not measured
             continue
         picks.append(f"{criterion} {block} ({best - aurocs[block]:.2f})")
@@ -66,11 +68,11 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
     _banner(f"2/3 select the block by {cfg.criterion} (ID training images vs. pseudo-OOD made from them: "
             f"{', '.join(cfg.pseudo_ood)})")
     if _newer(selection_path, last):
-        selection = json.loads(selection_path.read_text())
+        selection = BlockSelection.from_dict(json.loads(selection_path.read_text()))
         print(f"reusing {selection_path}")
     else:
-        selection = run_selection(cfg, progress=progress).to_dict()
-    print(format_block_table(selection["blocks"], selection["selected"]))
+        selection = run_selection(cfg, progress=progress)
+    print(format_block_table(selection.rows, selection.selected))
 
     _banner("3/3 evaluate on synthetic OOD sets (made from data that installed packages ship)")
     ood_root = save_dir / "ood"
@@ -85,14 +87,14 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         results = run_evaluation(cfg, ood_specs=specs, all_blocks=True, save_scores=True, progress=progress).results
     print(results_table(results, "md"))
     if results.get("per_block"):
-        print(f"\nFeatureNorm AUROC (%) at every block (* = selected by {selection['criterion']}):")
+        print(f"\nFeatureNorm AUROC (%) at every block (* = selected by {selection.criterion}):")
         print(per_block_text(results))
     if results.get("oracle"):
         oracle = results["oracle"]
         print(f"oracle gap: best block {oracle['best_block']} {100 * oracle['best_auroc']:.2f}, selected block "
               f"{oracle['selected_block']} {100 * oracle['selected_auroc']:.2f}, difference "
               f"{100 * oracle['difference']:.2f} AUROC points")
-        print(criteria_gaps_text(selection["blocks"], results["per_block"]))
+        print(criteria_gaps_text(selection.rows, results["per_block"]))
     plots = [save_dir / name for name in ("norm_ratio.png", "feature_norm_hist.png", "norm_ratio_vs_auroc.png")]
     print("\nplots:")
     for plot in plots:

@@ -18,13 +18,14 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from ..core.block_rows import JIGSAW, BlockRow, SelectedBlock
 from ..core.blocks import candidate_blocks
-from ..config import CRITERIA
-from .collect import JIGSAW, BlockNorms, collect_block_norms
-from .criteria import WEAK_AUROC, choose_block, selection_warnings
+from ..core.criteria import CRITERIA, check_kinds, choose_block
+from .collect import BlockNorms, collect_block_norms
+from .evidence import WEAK_AUROC, selection_warnings
 from .plot import plot_norm_ratio
 from .pseudo_ood import parse_pseudo_ood
-from .ratios import BlockRow, SelectedBlock, summarize_blocks
+from .ratios import summarize_blocks
 
 
 @dataclass
@@ -32,11 +33,9 @@ class BlockSelection:
     """The outcome of block selection: one row per block and the chosen one.
 
     Attributes:
-        rows: per block, in forward order: ``index``, ``name``, ``shape``, ``norm_ratio``,
-            ``id_norm_mean``, ``jigsaw_norm_mean``, ``jigsaw_auroc`` and ``pseudo_ood`` (per kind:
-            ``norm_ratio``, ``norm_mean``, ``auroc``; see :func:`summarize_blocks`).
-        selected: ``{"index": int, "name": str}``, the row that maximises ``criterion``.
-        criterion: one of :data:`featurenorm.config.CRITERIA`; ``norm_ratio`` is the paper's rule.
+        rows: per block, in forward order (see :class:`~featurenorm.core.block_rows.BlockRow`).
+        selected: the block of the row that maximises ``criterion``.
+        criterion: one of :data:`featurenorm.core.criteria.CRITERIA`; ``norm_ratio`` is the paper's rule.
         grid, seed, num_samples: how the puzzles were made, and from how many ID images.
         arch, checkpoint: provenance written into ``block_selection.json`` (None when unknown).
         pseudo_ood: the kinds measured, in order.
@@ -57,19 +56,32 @@ class BlockSelection:
                    **provenance: Any) -> "BlockSelection":
         rows = summarize_blocks(norms, blocks)
         num_samples = int(next(iter(norms.id.values())).numel())
-        return cls(rows, choose_block(rows, criterion), criterion, grid, seed, num_samples,
+        return cls(rows, choose_block(rows, criterion).as_selected(), criterion, grid, seed, num_samples,
                    pseudo_ood=tuple(norms.pseudo), **provenance)
 
     @property
     def block(self) -> str:
         """The selected block's module name."""
-        return self.selected["name"]
+        return self.selected.name
 
     def to_dict(self) -> dict[str, Any]:
         """The ``block_selection.json`` schema."""
         return {"arch": self.arch, "checkpoint": self.checkpoint, "num_samples": self.num_samples, "grid": self.grid,
                 "seed": self.seed, "criterion": self.criterion, "pseudo_ood": list(self.pseudo_ood),
-                "blocks": self.rows, "selected": self.selected}
+                "blocks": [row.to_dict() for row in self.rows], "selected": self.selected.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BlockSelection":
+        """A selection read back from ``block_selection.json`` (as written by :meth:`to_dict`, or older).
+
+        Raises:
+            KeyError, TypeError, ValueError: ``data`` is not such a dict.
+        """
+        rows = [BlockRow.from_dict(row) for row in data["blocks"]]
+        return cls(rows, SelectedBlock.from_dict(data["selected"]), data.get("criterion", "norm_ratio"),
+                   int(data.get("grid", 3)), int(data.get("seed", 0)), int(data.get("num_samples", 0)),
+                   arch=data.get("arch"), checkpoint=data.get("checkpoint"),
+                   pseudo_ood=tuple(data.get("pseudo_ood") or (rows[0].kinds if rows else (JIGSAW,))))
 
     def warnings(self, weak_auroc: float = WEAK_AUROC) -> list[str]:
         """One-line notes on weak or conflicting evidence (see :func:`selection_warnings`)."""
@@ -106,15 +118,13 @@ def check_pseudo_ood(kinds: str | Sequence[str], criterion: str = "norm_ratio") 
     """The kinds to measure, validated: registered names, the jigsaw among them, enough for ``criterion``.
 
     Raises:
-        ValueError: an unknown kind, a list without the jigsaw, or one kind for ``mean_rank``.
+        ValueError: an unknown kind, a list without the jigsaw, or too few kinds for ``criterion``.
     """
     names = parse_pseudo_ood(kinds)
     if JIGSAW not in names:
         raise ValueError(f"pseudo-OOD kinds must include jigsaw, the paper's kind that the table and the norm_ratio "
                          f"and auroc criteria read; got {', '.join(names)}")
-    if criterion == "mean_rank" and len(names) < 2:
-        raise ValueError("criterion 'mean_rank' combines several pseudo-OOD kinds; list more than the jigsaw, "
-                         "e.g. jigsaw,pixel_shuffle,noise,mixup,blur")
+    check_kinds(criterion, names)
     return names
 
 
@@ -152,7 +162,7 @@ def select_block(model: nn.Module, loader: Iterable[Any], blocks: Sequence[str] 
         num_samples: use only the first N images the loader yields (shuffle the loader for a random subset).
         seed: seeds the puzzle permutations.
         criterion: ``norm_ratio`` (the paper's), ``auroc`` (ID vs. puzzles, by FeatureNorm) or
-            ``mean_rank`` (several kinds; see :data:`featurenorm.config.CRITERIA`).
+            ``mean_rank`` (several kinds; see :data:`featurenorm.core.criteria.CRITERIA`).
         pseudo_ood: the pseudo-OOD kinds to measure, a list or ``"jigsaw,blur"`` or ``"all"``
             (see :mod:`featurenorm.selection.pseudo_ood`); the jigsaw must be among them.
         mean: the loader's normalization mean per channel (default: the config's, 0.5); the ``noise``

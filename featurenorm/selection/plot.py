@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from ..core.block_rows import JIGSAW, BlockRow, SelectedBlock
 from ..errors import UserError
 from ..files import atomic_path
-from .criteria import WEAK_AUROC, row_kinds
+from .evidence import WEAK_AUROC
 
 if TYPE_CHECKING:  # pyplot is imported lazily so that importing this module stays cheap
     from matplotlib.figure import Figure
@@ -59,11 +60,11 @@ def bar_figure_size(num_blocks: int, panels: int = 1) -> tuple[float, float]:
     return (max(6.0, 0.55 * num_blocks + 2.5) + (2.5 if panels > 1 else 0.0), 4.5 * panels)
 
 
-def kind_figures(rows: Sequence[Mapping[str, Any]], key: str) -> dict[str, np.ndarray]:
+def kind_figures(rows: Sequence[BlockRow], key: str) -> dict[str, np.ndarray]:
     """``{kind: (num_blocks,) float}`` of one per-kind figure (``norm_ratio`` or ``auroc``); NaN where missing."""
-    kinds = list(row_kinds(rows[0])) if rows else []
-    return {kind: np.array([np.nan if row_kinds(row).get(kind, {}).get(key) is None
-                            else float(row_kinds(row)[kind][key]) for row in rows]) for kind in kinds}
+    kinds = list(rows[0].kinds) if rows else []
+    return {kind: np.array([getattr(row.kinds[kind], key) if kind in row.kinds else np.nan for row in rows])
+            for kind in kinds}
 
 
 KIND_MARKERS = "os^vDPX*"
@@ -78,21 +79,19 @@ def legend_outside(ax) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0.0)
 
 
-def block_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], np.ndarray]:
+def block_rows(rows: Sequence[BlockRow]) -> tuple[list[str], np.ndarray]:
     if not rows:
         raise UserError("no block rows to plot; pass the 'blocks' list of block_selection.json")
-    names = [str(row["name"]) for row in rows]
-    ratios = np.array([np.nan if row.get("norm_ratio") is None else float(row["norm_ratio"]) for row in rows])
-    return names, ratios
+    return [row.name for row in rows], np.array([row.norm_ratio for row in rows])
 
 
-def selected_position(names: Sequence[str], selected: Mapping[str, Any] | None) -> int | None:
+def selected_position(names: Sequence[str], selected: SelectedBlock | None) -> int | None:
     """Position of the selected block among ``names``, by name first, then by index."""
     if not selected:
         return None
-    if selected.get("name") in names:
-        return names.index(selected["name"])
-    index = selected.get("index")
+    if selected.name in names:
+        return names.index(selected.name)
+    index = selected.index
     return int(index) if index is not None and 0 <= int(index) < len(names) else None
 
 
@@ -114,7 +113,7 @@ def draw_norm_ratio_bars(ax, names: Sequence[str], ratios: np.ndarray, selected_
     ax.set_ylim(0.0, top * 1.3)  # headroom for the annotation and the legend above the bars
 
 
-def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.PathLike, title: str = "") -> Path:
+def plot_norm_ratio(rows: Sequence[BlockRow], selected: SelectedBlock | None, path: str | os.PathLike, title: str = "") -> Path:
     """Bar chart of NormRatio per block, the selected block highlighted and annotated.
 
     NormRatio = (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)) at a block, the per-image ratio of the
@@ -124,8 +123,8 @@ def plot_norm_ratio(rows: list[dict], selected: dict | None, path: str | os.Path
     panel draws each kind's ID-vs-kind AUROC per block (its NormRatio range in the legend).
 
     Args:
-        rows: ``block_selection.json["blocks"]``: dicts with ``name`` and ``norm_ratio`` (and ``pseudo_ood``).
-        selected: ``{"index": int, "name": str}`` or None.
+        rows: one per block (``BlockRow.from_dict`` reads ``block_selection.json["blocks"]``).
+        selected: the chosen block, or None.
         path: PNG file to write.
         title: figure title; the default names the selected block.
 
@@ -156,7 +155,7 @@ def _draw_kind_aurocs(ax, names: Sequence[str], aurocs: Mapping[str, np.ndarray]
         finite = ratios[kind][np.isfinite(ratios[kind])]
         span = f"\nNormRatio {finite.min():.2f}-{finite.max():.2f}" if finite.size else ""
         ax.plot(positions + kind_offset(number, len(aurocs)), values, marker=KIND_MARKERS[number % len(KIND_MARKERS)],
-                linewidth=2.5 if kind == "jigsaw" else 1.5, label=f"{kind}{span}")
+                linewidth=2.5 if kind == JIGSAW else 1.5, label=f"{kind}{span}")
     ax.axhline(0.5, color="black", linestyle=":", linewidth=1.0, label="chance (0.5)")
     ax.axhline(WEAK_AUROC, color="gray", linestyle="--", linewidth=1.0, label=f"weak evidence ({WEAK_AUROC})")
     if selected_at is not None:

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.block_rows import JIGSAW
 from ..errors import check_new_name
 from .jigsaw import apply_permutation, jigsaw
 
@@ -43,8 +44,6 @@ class PseudoOODKind(Protocol):
 
 
 PSEUDO_OOD: dict[str, PseudoOODKind] = {}
-# The paper's pseudo-OOD; the criteria norm_ratio and auroc read it.
-JIGSAW = "jigsaw"
 
 
 def register_pseudo_ood(name: str) -> Callable[[PseudoOODKind], PseudoOODKind]:

@@ -15,6 +15,7 @@ from featurenorm.errors import UserError
 from featurenorm.reporting.seed_tables import block_table, choice_rows, choice_table, read_run, write_family_summary
 from featurenorm.reporting.summary import format_summary, summarize_results
 from featurenorm.runs.quickstart import criteria_gaps_text
+from featurenorm.selection.api import BlockSelection
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCKS = ("b0", "b1", "b2")
@@ -212,7 +213,7 @@ def test_run_study_writes_tables_and_plot(study_runs, tmp_path):
 
 
 def test_the_quick_start_line_gives_each_criterions_block_and_gap():
-    rows = selection([0.9, 1.0, 1.1], [0.2, 0.7, 0.6], [0.8, 0.7, 0.1])["blocks"]
+    rows = BlockSelection.from_dict(selection([0.9, 1.0, 1.1], [0.2, 0.7, 0.6], [0.8, 0.7, 0.1])).rows
     per_block = results([0.60, 0.90, 0.70], 0.9, 0.5)["per_block"]
     assert criteria_gaps_text(rows, per_block) == (
         "each criterion's block (points short of the best): norm_ratio b2 (20.00), auroc b1 (0.00), "

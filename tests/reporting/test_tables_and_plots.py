@@ -17,6 +17,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from featurenorm.reporting import plots
 from featurenorm.selection import plot as selection_plot
+from featurenorm.core.block_rows import BlockRow, KindFigures, SelectedBlock
 from featurenorm.reporting import tables as report
 from featurenorm.errors import UserError  # noqa: E402
 
@@ -92,9 +93,9 @@ def test_hist_grid_shape_and_shared_bins():
 
 def test_selected_position_by_name_then_index():
     names = ["layer1.0", "layer2.0", "layer3.0"]
-    assert selection_plot.selected_position(names, {"index": 0, "name": "layer3.0"}) == 2
-    assert selection_plot.selected_position(names, {"index": 1, "name": "renamed"}) == 1
-    assert selection_plot.selected_position(names, {"index": 9, "name": "renamed"}) is None
+    assert selection_plot.selected_position(names, SelectedBlock("layer3.0", 0)) == 2
+    assert selection_plot.selected_position(names, SelectedBlock("renamed", 1)) == 1
+    assert selection_plot.selected_position(names, SelectedBlock("renamed", 9)) is None
     assert selection_plot.selected_position(names, None) is None
 
 
@@ -262,13 +263,14 @@ def test_write_scores_npz_failure_keeps_existing_file(tmp_path, monkeypatch):
 # Plots
 # ---------------------------------------------------------------------------
 
-BLOCK_ROWS = [
+ROW_DICTS = [
     {"index": 0, "name": "layer1.0", "shape": [64, 32, 32], "norm_ratio": 1.02},
     {"index": 1, "name": "layer2.0", "shape": [128, 16, 16], "norm_ratio": 0.97},
     {"index": 2, "name": "layer3.0", "shape": [256, 8, 8], "norm_ratio": 1.31},
     {"index": 3, "name": "layer4.0", "shape": [512, 4, 4], "norm_ratio": 1.12},
 ]
-SELECTED = {"index": 2, "name": "layer3.0"}
+BLOCK_ROWS = [BlockRow.from_dict(row) for row in ROW_DICTS]  # old rows: the jigsaw's NormRatio only
+SELECTED = SelectedBlock("layer3.0", 2)
 
 
 def _assert_png(path: Path, figsize: tuple[float, float]) -> None:
@@ -298,18 +300,19 @@ def test_plot_feature_norm_hist_writes_png(tmp_path):
 
 
 def test_plot_norm_ratio_vs_auroc_writes_png(tmp_path):
-    per_block = {row["name"]: {"svhn": _metrics(0.5, 0.6 + 0.1 * i, 0.5, 0.5),
+    per_block = {row.name: {"svhn": _metrics(0.5, 0.6 + 0.1 * i, 0.5, 0.5),
                                "average": _metrics(0.5, 0.6 + 0.1 * i, 0.5, 0.5)}
                  for i, row in enumerate(BLOCK_ROWS[:3])}  # layer4.0 missing: a gap in the line
     path = plots.plot_norm_ratio_vs_auroc(BLOCK_ROWS, per_block, tmp_path / "ratio_auroc.png", selected=SELECTED)
     _assert_png(path, plots.bar_figure_size(4, panels=2))  # NormRatio vs AUROC above, the rankings below
-    np.testing.assert_allclose(plots._per_block_auroc_percent([r["name"] for r in BLOCK_ROWS], per_block),
+    np.testing.assert_allclose(plots._per_block_auroc_percent([r.name for r in BLOCK_ROWS], per_block),
                                [60.0, 70.0, 80.0, np.nan])
 
 
-KIND_ROWS = [{**row, "pseudo_ood": {"jigsaw": {"norm_ratio": row["norm_ratio"], "norm_mean": 1.0, "auroc": auroc},
-                                    "blur": {"norm_ratio": 2.0, "norm_mean": 1.0, "auroc": blur}}}
-             for row, auroc, blur in zip(BLOCK_ROWS, [0.6, 0.4, 0.9, 0.7], [0.95, 0.95, 0.5, None])]
+KIND_ROWS = [BlockRow.from_dict({**row, "pseudo_ood": {
+    "jigsaw": {"norm_ratio": row["norm_ratio"], "norm_mean": 1.0, "auroc": auroc},
+    "blur": {"norm_ratio": 2.0, "norm_mean": 1.0, "auroc": blur}}})
+    for row, auroc, blur in zip(ROW_DICTS, [0.6, 0.4, 0.9, 0.7], [0.95, 0.95, 0.5, None])]
 
 
 def test_plots_with_several_kinds_show_each_kind(tmp_path):
@@ -321,7 +324,7 @@ def test_plots_with_several_kinds_show_each_kind(tmp_path):
     # rank 1 = largest; the tie shares 1.5; a missing value ranks last
     np.testing.assert_array_equal(plots._descending_ranks(figures["blur"]), [1.5, 1.5, 3.0, 4.0])
     np.testing.assert_array_equal(plots._descending_ranks(figures["jigsaw"]), [3.0, 4.0, 1.0, 2.0])
-    per_block = {row["name"]: {"average": _metrics(0.5, 0.9 - 0.1 * i, 0.5, 0.5)} for i, row in enumerate(KIND_ROWS)}
+    per_block = {row.name: {"average": _metrics(0.5, 0.9 - 0.1 * i, 0.5, 0.5)} for i, row in enumerate(KIND_ROWS)}
     path = plots.plot_norm_ratio_vs_auroc(KIND_ROWS, per_block, tmp_path / "vs.png", selected=SELECTED)
     _assert_png(path, plots.bar_figure_size(4, panels=2))
 
@@ -350,3 +353,25 @@ def test_per_block_text_lists_each_sets_auroc_and_marks_the_scored_block():
                                                             "layer1.0   91.23    90.00",
                                                             "layer2.0*  50.00    62.50"]
     assert report.per_block_text({"methods": {}}) == ""
+
+
+def test_format_block_table_marks_selected_row():
+    # summarize_blocks' rows of tests/selection/test_api.py's hand norms
+    rows = [BlockRow(0, "a", (8, 4, 4), 3.0, {"jigsaw": KindFigures(1.5, 2.5, 0.625)}),
+            BlockRow(1, "b", (16, 2, 2), 2.0, {"jigsaw": KindFigures(1.75, 1.5, 0.625)})]
+    table = report.format_block_table(rows, SelectedBlock("b", 1))
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["index", "block", "shape", "id", "norm", "jigsaw", "norm", "NormRatio", "AUROC"]
+    assert lines[2].split() == ["0", "a", "8x4x4", "3.0000", "2.5000", "1.5000", "0.6250"]
+    assert lines[3].split() == ["*", "1", "b", "16x2x2", "2.0000", "1.5000", "1.7500", "0.6250"]
+    assert len({len(line) for line in lines[1:]}) == 1  # fixed width
+
+
+def test_format_block_table_adds_a_per_kind_table(kind_rows):
+    rows = kind_rows({"jigsaw": [0.9, 0.8], "noise": [0.5, 0.75]}, ratios=[1.5, 1.25])
+    lines = report.format_block_table(rows, SelectedBlock("block1", 1)).splitlines()
+    assert lines[5] == "per pseudo-OOD kind: NormRatio / AUROC of ID vs. that kind; mean rank by AUROC over the kinds"
+    assert lines[6].split() == ["index", "block", "jigsaw", "noise", "mean", "rank"]
+    assert lines[8].split() == ["0", "block0", "1.500", "/", "0.900", "1.000", "/", "0.500", "1.50"]
+    assert lines[9].split() == ["*", "1", "block1", "1.250", "/", "0.800", "1.000", "/", "0.750", "1.50"]

@@ -161,7 +161,7 @@ def test_a_combined_criterion_needs_several_kinds(run_dir, capsys):
     common = ["--config", str(REPO / "conf" / "digits.json"), "--set", f"save_path={run_dir}", "--no-progress"]
     assert run_in_process(select_main, common + ["--pseudo-ood", "jigsaw", "--criterion", "mean_rank"]) == 2
     assert capsys.readouterr().err == ("error: --pseudo-ood / pseudo_ood: criterion 'mean_rank' combines several "
-                                       "pseudo-OOD kinds; list more than the jigsaw, e.g. "
+                                       "pseudo-OOD kinds; list at least 2 (measured: jigsaw), e.g. "
                                        "jigsaw,pixel_shuffle,noise,mixup,blur\n")
     assert run_in_process(select_main, common + ["--pseudo-ood", "jigsaw,swirl"]) == 2
     assert "unknown pseudo-OOD kind 'swirl'" in capsys.readouterr().err
