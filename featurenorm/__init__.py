@@ -22,6 +22,8 @@ _EXPORTS = {
     "FeatureTap": "featurenorm.core.tap",
     "candidate_blocks": "featurenorm.core.blocks",
     "norm_ratio": "featurenorm.selection.ratios",
+    "BlockRow": "featurenorm.core.block_rows",
+    "SelectedBlock": "featurenorm.core.block_rows",
     "jigsaw": "featurenorm.selection.jigsaw",
     "auroc": "featurenorm.core.metrics",
     "aupr": "featurenorm.core.metrics",
@@ -36,6 +38,8 @@ _EXPORTS = {
     "register_method": "featurenorm.methods",
     "register_model": "featurenorm.models",
     "register_pseudo_ood": "featurenorm.selection.pseudo_ood",
+    "Criterion": "featurenorm.core.criteria",
+    "register_criterion": "featurenorm.core.criteria",
     # runs, checkpoints and config
     "load_checkpoint": "featurenorm.training.checkpoint",
     "Config": "featurenorm.config",

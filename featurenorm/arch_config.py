@@ -1,15 +1,20 @@
 """What a ``timm/<name>`` or ``torchvision/<name>`` arch adds to the config: its own evaluation
 preprocessing as defaults, and which model keys apply to it.
 
-torchvision and timm themselves load only for such an arch: the two model modules import them inside
-the functions that need them.
+No torch import here, so that a config is checked before torch loads: torchvision and timm load inside the
+functions below, for such an arch only. The model families (:mod:`featurenorm.models.torchvision_models`,
+:mod:`featurenorm.models.timm_models`) read the weights enums and pretrained configs through these functions.
 """
 from __future__ import annotations
 
+import difflib
+import math
 from typing import Any
 
-from .models.timm_models import preprocessing as timm_preprocessing
-from .models.torchvision_models import preprocessing as torchvision_preprocessing
+from .errors import UserError
+
+TORCHVISION = "torchvision/"
+TIMM = "timm/"
 
 # the config keys the model's own preprocessing fills in when the config leaves them out
 PREPROCESSING_KEYS = ("image_size", "resize_size", "mean", "std", "interpolation")
@@ -45,3 +50,80 @@ def model_key_problem(arch: str, weights: str | None, weights_file: str | None, 
     if weights_file is not None and pretrained:
         return "weights_file", "replaces the pretrained weights: set pretrained false, or remove weights_file"
     return None
+
+
+# ------------------------------------------------------------------ torchvision/<name>
+def classification_names() -> list[str]:
+    """torchvision's classification model names (``resnet50``, ``vgg16``, ...), sorted."""
+    from torchvision import models  # lazy: torchvision loads only on this path
+
+    return sorted(models.list_models(module=models))
+
+
+def _check_name(name: str) -> None:
+    names = classification_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{TORCHVISION}{close[0]}'?)" if close else ""
+        raise UserError(f"unknown torchvision classification model '{name}'{hint}; list them with python -c "
+                        "'import torchvision; print(torchvision.models.list_models(module=torchvision.models))'")
+
+
+def resolve_weights(name: str, weights: str | None = None) -> Any:
+    """The weights enum member ``weights`` (e.g. ``IMAGENET1K_V1``) of model ``name``; None: its ``DEFAULT``."""
+    from torchvision import models  # lazy: torchvision loads only on this path
+
+    _check_name(name)
+    enum = models.get_model_weights(name)
+    members = [m for m in enum.__members__ if m != "DEFAULT"]
+    chosen = weights or "DEFAULT"
+    if chosen not in enum.__members__:
+        raise UserError(f"config key 'weights': {name} has no weights '{weights}'; valid: {', '.join(members)} "
+                        "(or leave it out for DEFAULT)")
+    return enum[chosen]
+
+
+def torchvision_preprocessing(arch: str, weights: str | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """The evaluation preprocessing of the weights' ``transforms()``, as config values.
+
+    Returns ``image_size`` (the crop), ``resize_size`` (the shorter side before the crop), ``mean``,
+    ``std`` and ``interpolation``. When ``image_size`` is given, ``resize_size`` keeps the weights'
+    resize/crop ratio (256/224 for most ImageNet weights).
+    """
+    member = resolve_weights(arch[len(TORCHVISION):], weights)
+    transform = member.transforms()
+    crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
+    if image_size is not None:
+        resize = max(image_size, round(image_size * resize / crop))
+    return {"image_size": image_size or crop, "resize_size": resize, "mean": [float(v) for v in transform.mean],
+            "std": [float(v) for v in transform.std], "interpolation": transform.interpolation.value}
+
+
+# ------------------------------------------------------------------ timm/<name>
+def pretrained_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained config of ``name`` (with or without a tag: the default tag then), as a dict."""
+    from timm.models import PretrainedCfg, get_pretrained_cfg  # lazy: timm loads only for timm/<name> archs
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as err:  # a tag the architecture does not have
+        raise UserError(f"timm model '{name}': {err}; list the tags with python -c 'import timm; "
+                        f"print(timm.list_pretrained(\"{name.split('.')[0]}*\"))'") from None
+    return (cfg or PretrainedCfg()).to_dict()
+
+
+def timm_preprocessing(arch: str, image_size: int | None = None) -> dict[str, Any]:
+    """The evaluation preprocessing of ``timm.data.resolve_data_config`` for the model, as config values.
+
+    ``resize_size`` is timm's ``floor(image_size / crop_pct)``, also when ``image_size`` is given.
+    """
+    from timm.data import resolve_data_config  # lazy: timm loads only for timm/<name> archs
+
+    data = resolve_data_config(pretrained_cfg=pretrained_cfg(arch[len(TIMM):]))
+    if data.get("crop_mode", "center") != "center" or data["input_size"][1] != data["input_size"][2]:
+        raise UserError(f"{arch} evaluates with crop_mode '{data.get('crop_mode')}' at {data['input_size'][1:]}, which "
+                        "featurenorm's eval transform does not do; set image_size, resize_size, mean, std and "
+                        "interpolation in the config")
+    size = image_size or int(data["input_size"][1])
+    return {"image_size": size, "resize_size": math.floor(size / data["crop_pct"]), "mean": list(data["mean"]),
+            "std": list(data["std"]), "interpolation": data["interpolation"]}

@@ -64,9 +64,9 @@ class Benchmark:
     """
 
     source: str
-    resize: str
-    table_metrics: tuple[str, ...]
     datasets: dict[str, IdProtocol]
+    resize: str = "stretch"
+    table_metrics: tuple[str, ...] = ("fpr95", "auroc")
     root_key: str | None = None
     root_holds: str = ""
     image_dir: str = ""
@@ -105,8 +105,6 @@ BENCHMARKS: dict[str, Benchmark] = {
     "paper": Benchmark(
         source="Yu et al., Block Selection Method for Using Feature Norm in Out-of-distribution "
                "Detection, CVPR 2023, Tables 1-2",
-        resize="stretch",
-        table_metrics=("fpr95", "auroc"),
         datasets={
             "cifar10": IdProtocol(ood=(*PAPER_FAR_OOD, "cifar100")),
             "cifar100": IdProtocol(ood=(*PAPER_FAR_OOD, "cifar10")),
@@ -121,8 +119,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "imagenet_four": Benchmark(
         source="Huang & Li, MOS: Towards Scaling Out-of-distribution Detection for Large Semantic Space, "
                "CVPR 2021 (the protocol of Yu et al.'s ImageNet experiments)",
-        resize="stretch",  # ImageNet models bring resize_size: shorter side, then a center crop
-        table_metrics=("fpr95", "auroc"),
+        # resize "stretch": ImageNet models bring resize_size (shorter side, then a center crop)
         datasets={"imagenet": IdProtocol(ood=("inaturalist", "sun", "places", "textures"))},
     ),
     "openood_v1.5": Benchmark(

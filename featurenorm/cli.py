@@ -18,14 +18,7 @@ from typing import Sequence
 from .benchmarks import BENCHMARKS
 from .config import load_config
 from .core.criteria import CRITERIA
-from .core.tap import BlockError
 from .errors import UserError, reported, run_cli
-from .methods import method_names
-from .reporting.tables import format_block_table, summary_text
-from .runs.evaluate import run_evaluation
-from .runs.select import run_selection
-from .runtime import is_main_process
-from .training.loop import StopRequested, train
 
 
 def add_common_arguments(parser, config_default: str | None = None) -> None:
@@ -93,6 +86,8 @@ def train_main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
     args = parser.parse_args(argv)
     cfg = _load(args)
+    from .training.loop import StopRequested, train  # lazy: torch loads once the config is known to be good
+
     try:
         metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except StopRequested as stop:
@@ -123,6 +118,10 @@ def select_main(argv: Sequence[str]) -> int:
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
+    from .core.tap import BlockError  # lazy: as in train_main
+    from .reporting.tables import format_block_table  # lazy: as in train_main
+    from .runs.select import run_selection  # lazy: as in train_main
+    from .runtime import is_main_process  # lazy: as in train_main
 
     with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
         selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
@@ -135,6 +134,8 @@ def select_main(argv: Sequence[str]) -> int:
 
 
 def eval_main(argv: Sequence[str]) -> int:
+    from .methods import method_names  # lazy: as in train_main; the --methods help lists the registered methods
+
     parser = argparse.ArgumentParser(prog="eval_ood.py", description="OOD evaluation: FPR95, AUROC, AUPR-In/Out "
                                                                       "for each method and OOD set.")
     _add_arguments(parser)
@@ -149,6 +150,10 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
+    from .core.tap import BlockError  # lazy: as in train_main
+    from .reporting.tables import summary_text  # lazy: as in train_main
+    from .runs.evaluate import run_evaluation  # lazy: as in train_main
+    from .runtime import is_main_process  # lazy: as in train_main
 
     with reported(BlockError):
         run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from .config import Config
 from .errors import UserError
@@ -114,8 +115,6 @@ def git_commit() -> str | None:
 
 def progress_bar(**kwargs):
     """A tqdm bar that redraws often on a terminal and rarely in a log file."""
-    from tqdm.auto import tqdm
-
     interactive = sys.stderr.isatty()
     kwargs.setdefault("mininterval", 0.5 if interactive else 15.0)
     kwargs.setdefault("dynamic_ncols", True)

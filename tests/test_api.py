@@ -118,7 +118,7 @@ def test_select_block_on_torchvision_resnet_equals_the_formula():
     model = tv.resnet18(num_classes=10).eval()
     data = loader(12, batch_size=5)
     selection = select_block(model, data, grid=3, seed=7)
-    assert [row["name"] for row in selection.rows] == candidate_blocks(model)
+    assert [row.name for row in selection.rows] == candidate_blocks(model)
     # the paper's NormRatio: (1/N) sum_i FN(x_i) / FN(jigsaw(x_i)), puzzles drawn batch by batch from the seed
     generator = torch.Generator().manual_seed(7)
     images, puzzles = [], []
@@ -131,9 +131,9 @@ def test_select_block_on_torchvision_resnet_equals_the_formula():
         ratios[block] = float((fn_by_hand(output_of(model, block, images))
                                / fn_by_hand(output_of(model, block, puzzles))).mean())
     for row in selection.rows:
-        assert row["norm_ratio"] == pytest.approx(ratios[row["name"]], rel=1e-5)
+        assert row.norm_ratio == pytest.approx(ratios[row.name], rel=1e-5)
     assert selection.block == max(ratios, key=ratios.get)
-    assert selection.to_dict()["selected"] == selection.selected and selection.num_samples == 12
+    assert selection.to_dict()["selected"] == selection.selected.to_dict() and selection.num_samples == 12
 
 
 @pytest.mark.parametrize("kind", ["timm", "ours", "plain"])
@@ -151,7 +151,7 @@ def test_select_block_and_detector_on_other_models(kind, tmp_path):
     blocks = candidate_blocks(model, input_shape=(3, size, size))
     selection = select_block(model, data, blocks, num_samples=8)
     assert len(selection.rows) == len(blocks) and selection.num_samples == 8
-    assert selection.block == max(selection.rows, key=lambda row: row["norm_ratio"])["name"]
+    assert selection.block == max(selection.rows, key=lambda row: row.norm_ratio).name
     assert selection.plot(tmp_path / "ratio.png").stat().st_size > 0
     detector = FeatureNormDetector(model, blocks=blocks, num_samples=8).fit(data)
     assert detector.block == selection.block and detector.selection.rows == selection.rows

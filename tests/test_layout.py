@@ -50,9 +50,10 @@ def test_evaluation_names_no_method():
 # one above; a module-level unit is a top-level module or subpackage of featurenorm.
 LAYERS = (
     ("errors", "files"),                              # one-line errors, atomic writes
+    ("arch_config",),                                 # torch-free: what a timm/ or torchvision/ arch adds to the config
     ("core",),                                        # the FeatureNorm tap, layouts, candidate blocks, metrics
     ("models",),                                      # the architectures and their registry
-    ("benchmarks", "arch_config", "config", "config_doc"),  # the OOD benchmark tables and the flat config
+    ("benchmarks", "config", "config_doc"),  # the OOD benchmark tables and the flat config
     ("runtime",),                                     # devices, precision, process groups
     ("data",),                                        # data sets and loaders
     ("methods",),                                     # the OOD scores
@@ -65,12 +66,6 @@ LAYERS = (
     ("integrations",),                                # adapters to other libraries
     ("cli",),                                         # the command-line entry points
 )
-# Modules whose function-local imports of featurenorm defer torch (and torchvision, timm) on purpose, so that the
-# config is checked before they load; each such line says why in a "# lazy:" comment. Anywhere else a
-# function-local import of featurenorm would only hide a cycle.
-LAZY_IMPORTERS = {"featurenorm.cli", "featurenorm.arch_config"}
-
-
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -130,20 +125,48 @@ def test_no_module_imports_a_higher_layer():
     assert upward == []
 
 
+# The one module whose function-local imports of featurenorm are on purpose: the command line checks the config
+# first and loads torch (with the stages) only then, so that a config mistake is reported in a tenth of a second
+# rather than after the 3 s that importing torch takes; each such line carries a "# lazy:" comment.
+DEFERS_TORCH = "featurenorm.cli"
+
+
 def test_no_function_local_imports_of_featurenorm():
-    lines = {}
-    hidden = []
-    for module, imports in _graph().items():
-        for target, line, local in imports:
-            if not local:
-                continue
-            if module in LAZY_IMPORTERS:
-                path = REPO / (module.replace(".", "/") + ".py")
-                text = lines.setdefault(path, path.read_text().splitlines())
-                if "# lazy:" in text[line - 1]:
-                    continue
-            hidden.append(f"{module}:{line} imports {target} inside a function")
+    hidden = [f"{module}:{line} imports {target} inside a function" for module, imports in _graph().items()
+              for target, line, local in imports if local and module != DEFERS_TORCH]
     assert hidden == []
+
+
+def test_importing_the_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, featurenorm.cli, featurenorm.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def _local_imports(path: Path):
+    """``(line number, line)`` of every import inside a function of ``path``."""
+    text = path.read_text()
+    tree = ast.parse(text)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    lines = text.splitlines()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and _is_local(node, parents):
+            yield node.lineno, lines[node.lineno - 1]
+
+
+def test_every_function_local_import_is_a_lazy_heavy_library_and_says_so():
+    """Only optional or heavy libraries (scipy, matplotlib, timm, torchvision, ...) load inside a function, and each
+    such line says why in a "# lazy:" comment; the standard library and torch are imported at the top."""
+    unexplained = [f"{path.relative_to(REPO)}:{number}: {line.strip()}" for path in sorted(PACKAGE.rglob("*.py"))
+                   for number, line in _local_imports(path)
+                   if "# lazy:" not in line or line.split()[1].split(".")[0] in {"torch", *STDLIB}
+                   or (line.split()[1].startswith(".") and _module_name(path) != DEFERS_TORCH)]
+    assert unexplained == []
+
+
+STDLIB = frozenset(__import__("sys").stdlib_module_names)
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str]:

@@ -24,7 +24,7 @@ def test_wheel_installs_and_runs_without_the_source_tree(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=elsewhere, env=env,
                          check=True).stdout.splitlines()
     assert out[0].startswith(str(site)) and out[1] == "layer4.0"
-    assert out[2] == "['BlockSelection', 'Config', 'FeatureNormDetector']"
+    assert out[2] == "['BlockRow', 'BlockSelection', 'Config']"
     for script, flag in (("featurenorm-train", "--resume"), ("featurenorm-select", "--num-samples"),
                          ("featurenorm-eval", "--all-blocks")):
         help_text = subprocess.run([sys.executable, str(site / "bin" / script), "--help"], capture_output=True,

@@ -71,7 +71,7 @@ def block_layouts(model: nn.Module) -> dict[str, Layout | None] | None:
     if _is_timm(model):
         return stage_layouts(model)
     try:
-        from torchvision import models as tv
+        from torchvision import models as tv  # lazy: torchvision loads only on this path
     except Exception:  # torchvision missing or broken
         return None
     if isinstance(model, tv.SwinTransformer):
@@ -87,7 +87,7 @@ def _children(module: nn.Module, prefix: str) -> list[str]:
 
 def _torchvision_blocks(model: nn.Module) -> list[str] | None:
     try:
-        from torchvision import models as tv
+        from torchvision import models as tv  # lazy: torchvision loads only on this path
     except Exception:  # torchvision missing or broken: only the fallback is left
         return None
     if isinstance(model, tv.ResNet):

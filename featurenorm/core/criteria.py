@@ -40,6 +40,17 @@ CRITERIA: dict[str, Criterion] = {}
 
 
 def register_criterion(criterion: Criterion) -> Criterion:
+    """Add ``criterion`` to :data:`CRITERIA`, so that the config key ``criterion`` and ``--criterion`` accept it.
+
+    Example::
+
+        register_criterion(Criterion("deepest_separating", "the deepest block whose jigsaw AUROC is above 0.9",
+                                     lambda rows: [row.index if row.kinds["jigsaw"].auroc > 0.9 else -1
+                                                   for row in rows], jigsaw_only=True))
+
+    Raises:
+        ValueError: another criterion holds the name already (the same one again changes nothing).
+    """
     check_new_name(CRITERIA, criterion.name, criterion, "criterion")
     CRITERIA[criterion.name] = criterion
     return criterion

@@ -99,7 +99,7 @@ def auroc(id_scores: object, ood_scores: object) -> float:
     """
     id_arr = _as_scores(id_scores, "ID")
     ood_arr = _as_scores(ood_scores, "OOD")
-    from scipy.stats import rankdata  # imported here: scipy.stats adds ~0.6 s to every start
+    from scipy.stats import rankdata  # lazy: scipy.stats adds ~0.6 s to every start
 
     ranks = rankdata(np.concatenate([id_arr, ood_arr]))  # ties get their average rank
     n_id, n_ood = id_arr.size, ood_arr.size

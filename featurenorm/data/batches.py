@@ -14,7 +14,8 @@ import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
 from ..runtime import process_group, shard
@@ -105,9 +106,6 @@ class ImageBatches:
             start += size
 
     def _from_files(self):
-        from torch.utils.data import DataLoader
-
-
         cfg = self.cfg
         mine = [self.samples[i] for i in self.members.tolist()]
         dataset = _Samples(mine, eval_transform(cfg), cfg.image_size, self.tolerant, cfg.channels)
@@ -131,8 +129,6 @@ class ImageBatches:
         _, world_size = process_group()
         found = list(self.unreadable)
         if world_size > 1:
-            import torch.distributed as dist
-
             parts: list = [None] * world_size
             dist.all_gather_object(parts, found)
             found = [path for part in parts for path in part]

@@ -184,8 +184,8 @@ def load_digits(train: bool, image_size: int = 32) -> Split:
 
     The train/test split is stratified, 80/20, with a fixed seed, so it never depends on the run.
     """
-    from sklearn.datasets import load_digits as sk_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits as sk_digits  # lazy: scikit-learn is heavy, and only this data set needs it
+    from sklearn.model_selection import train_test_split  # lazy: scikit-learn is heavy, and only this data set needs it
 
     bunch = sk_digits()
     index = np.arange(len(bunch.target))
@@ -201,7 +201,7 @@ def load_digits(train: bool, image_size: int = 32) -> Split:
 
 # ----------------------------------------------------------------------------------------- CIFAR
 def _cifar_class(kind: str):
-    from torchvision.datasets import CIFAR10, CIFAR100
+    from torchvision.datasets import CIFAR10, CIFAR100  # lazy: torchvision loads only on this path
 
     base = CIFAR10 if kind == "cifar10" else CIFAR100
 

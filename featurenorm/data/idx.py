@@ -91,7 +91,7 @@ def read_idx(path: str | Path, dims: int) -> np.ndarray:
 
 
 def _download(kind: str, root: Path) -> None:
-    from torchvision import datasets
+    from torchvision import datasets  # lazy: torchvision loads only on this path
 
     dataset = getattr(datasets, TORCHVISION_NAMES[kind])
     for train in (True, False):

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import Config
@@ -36,8 +37,6 @@ def to_rgb(img):
     16-bit and 32-bit integer images are scaled by their type's range rather than clipped,
     and float images by their own maximum, so that they do not come out white.
     """
-    from PIL import Image
-
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16"):
@@ -53,8 +52,6 @@ def to_rgb(img):
 
 
 def read_rgb(path: str | os.PathLike):
-    from PIL import Image
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # palette/EXIF/decompression chatter on odd files
         with Image.open(path) as img:
@@ -72,7 +69,7 @@ def eval_transform(cfg: Config) -> Callable:
     the center square (the two agree on square images). Then to a tensor in [0, 1], normalized by
     ``mean``/``std``.
     """
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: torchvision loads only on this path
 
     size, interpolation = cfg.image_size, T.InterpolationMode(cfg.interpolation)
     if cfg.resize_size is not None:
@@ -86,13 +83,13 @@ def eval_transform(cfg: Config) -> Callable:
 
 def to_channels(cfg: Config) -> list[Callable]:
     """The first transform steps: an RGB PIL image to the config's channels (grayscale by PIL's luma)."""
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: torchvision loads only on this path
 
     return [T.Grayscale(1)] if cfg.channels == 1 else []
 
 
 def train_transform(cfg: Config) -> Callable:
-    from torchvision import transforms as T
+    from torchvision import transforms as T  # lazy: torchvision loads only on this path
 
     steps = [*to_channels(cfg), T.Resize((cfg.image_size, cfg.image_size))]
     if cfg.crop_padding > 0:
@@ -127,8 +124,6 @@ class ArrayDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         pixels = self.images[i]
         img = Image.fromarray(pixels[0].numpy(), "L") if pixels.shape[0] == 1 else \
             Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")

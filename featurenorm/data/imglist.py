@@ -11,6 +11,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from PIL import Image, UnidentifiedImageError
+
 from ..config import Config
 from ..errors import UserError
 from ..benchmarks import BenchmarkEntry
@@ -67,8 +69,6 @@ def read_image_list(list_file: Path, image_dir: Path) -> list[tuple[str, int]]:
 
 def is_readable_image(path: str) -> bool:
     """Whether ``path`` exists and PIL recognises it as an image (header only; cheap)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..runtime import shard
@@ -200,8 +201,6 @@ class FolderLoader:
 
     def __init__(self, dataset, batch_size: int, *, train: bool, cfg: Config, device: torch.device,
                  rank: int = 0, world_size: int = 1):
-        from torch.utils.data import DataLoader
-
         self.dataset = dataset
         self.train, self.device, self.seed = train, device, cfg.seed
         self.channels_last = cfg.channels_last

@@ -247,7 +247,7 @@ def load_svhn_test(root: Path) -> torch.Tensor:
     Returns:
         (N, 3, 32, 32) uint8.
     """
-    from torchvision.datasets import SVHN
+    from torchvision.datasets import SVHN  # lazy: torchvision loads only on this path
 
     class PresentSVHN(SVHN):
         def _check_integrity(self) -> bool:

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from ..files import atomic_path, write_json
 
@@ -61,8 +62,7 @@ def photo_crops(count: int, image_size: int, rng: np.random.Generator) -> list[n
     Returns:
         ``count`` arrays (image_size, image_size, 3) uint8.
     """
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
+    from sklearn.datasets import load_sample_images  # lazy: scikit-learn is heavy, and only this data set needs it
 
     photos = load_sample_images().images  # two (427, 640, 3) uint8 arrays
     out = []
@@ -78,8 +78,6 @@ def photo_crops(count: int, image_size: int, rng: np.random.Generator) -> list[n
 
 # ------------------------------------------------------------------------------------ letters
 def _bitmap_font():
-    from PIL import ImageFont
-
     # Pillow >= 10.1 returns a TrueType font from load_default() when FreeType is present;
     # the bitmap font is the one that renders the same everywhere
     loader = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)
@@ -88,8 +86,6 @@ def _bitmap_font():
 
 def letter_glyph(letter: str, font) -> np.ndarray:
     """The letter's pixels in ``font``, cropped to their bounding box: (h, w) bool."""
-    from PIL import Image, ImageDraw
-
     canvas = Image.new("L", (32, 32), 0)
     ImageDraw.Draw(canvas).text((4, 4), letter, fill=255, font=font)
     box = canvas.getbbox()
@@ -122,8 +118,6 @@ def letter_images(count: int, image_size: int, rng: np.random.Generator) -> list
     Returns:
         ``count`` arrays (image_size, image_size, 3) uint8.
     """
-    from PIL import Image
-
     font = _bitmap_font()
     glyphs = {c: letter_glyph(c, font) for c in string.ascii_uppercase}
     out = []
@@ -176,8 +170,6 @@ def _is_complete(folder: Path, manifest: dict) -> bool:
 
 
 def _write_png(path: Path, pixels: np.ndarray) -> None:
-    from PIL import Image
-
     with atomic_path(path) as tmp:
         Image.fromarray(pixels, "RGB").save(tmp, format="PNG")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import Config, load_config
 from ..models import build_model
@@ -111,21 +112,14 @@ class CheckContext:
     progress: bool
     base: dict[str, Any]
 
-    @property
-    def data_dir(self) -> Path:
-        return self.out / "data"
+    data_dir: Path = field(init=False)  # the folders and the config file under ``out``
+    run_dir: Path = field(init=False)
+    torchrun_dir: Path = field(init=False)
+    config_path: Path = field(init=False)
 
-    @property
-    def run_dir(self) -> Path:
-        return self.out / "run"
-
-    @property
-    def torchrun_dir(self) -> Path:
-        return self.out / "torchrun"
-
-    @property
-    def config_path(self) -> Path:
-        return self.out / "gpu_check_config.json"
+    def __post_init__(self):
+        self.data_dir, self.run_dir, self.torchrun_dir = (self.out / name for name in ("data", "run", "torchrun"))
+        self.config_path = self.out / "gpu_check_config.json"
 
     @property
     def ood_counts(self) -> dict[str, int]:
@@ -171,8 +165,6 @@ def flops_per_image(arch: str, width: float, num_classes: int = NUM_CLASSES, ima
         ``{"forward": ..., "train_step": ...}``; train_step is 3x forward less the first
         convolution's input gradient, which nobody needs.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
 
     batch = 2  # BatchNorm in training mode needs more than one value per channel
     model = build_model(arch, num_classes, width=width)

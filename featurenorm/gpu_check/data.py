@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .context import CLASS_COLOURS, ID_NOISE_STD, IMAGE_SIZE, NUM_CLASSES, CheckContext
 
@@ -87,7 +88,7 @@ def write_svhn_test(root: Path, images: np.ndarray) -> Path:
     Args:
         images: (N, 3, 32, 32) uint8.
     """
-    from scipy.io import savemat
+    from scipy.io import savemat  # lazy: scipy is heavy, and only this path needs it
 
     root.mkdir(parents=True, exist_ok=True)
     labels = (np.arange(len(images)) % 10 + 1).reshape(-1, 1).astype(np.uint8)
@@ -97,8 +98,6 @@ def write_svhn_test(root: Path, images: np.ndarray) -> Path:
 
 def write_png_folder(root: Path, images: np.ndarray) -> Path:
     """Write ``root/00000.png, ...``: one RGB PNG per (3, 32, 32) uint8 image."""
-    from PIL import Image
-
     root.mkdir(parents=True, exist_ok=True)
     for i, pixels in enumerate(images):
         Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), "RGB").save(root / f"{i:05d}.png")

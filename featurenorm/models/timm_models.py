@@ -6,16 +6,17 @@ The wrapped model sits under the attribute ``net``, so its block names read
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.hub
 import torch.nn as nn
 
 from ..errors import UserError
 from ..core.timm_stages import stage_layouts
+from ..arch_config import pretrained_cfg
 from .registry import Builder, register_family
 
 PREFIX = "timm/"
@@ -41,35 +42,6 @@ class TimmClassifier(nn.Module):
         return self.head(self.forward_features(x))
 
 
-def pretrained_cfg(name: str) -> dict[str, Any]:
-    """timm's pretrained config of ``name`` (with or without a tag: the default tag then), as a dict."""
-    from timm.models import PretrainedCfg, get_pretrained_cfg
-
-    try:
-        cfg = get_pretrained_cfg(name)
-    except RuntimeError as err:  # a tag the architecture does not have
-        raise UserError(f"timm model '{name}': {err}; list the tags with python -c 'import timm; "
-                        f"print(timm.list_pretrained(\"{name.split('.')[0]}*\"))'") from None
-    return (cfg or PretrainedCfg()).to_dict()
-
-
-def preprocessing(arch: str, image_size: int | None = None) -> dict[str, Any]:
-    """The evaluation preprocessing of ``timm.data.resolve_data_config`` for the model, as config values.
-
-    ``resize_size`` is timm's ``floor(image_size / crop_pct)``, also when ``image_size`` is given.
-    """
-    from timm.data import resolve_data_config
-
-    data = resolve_data_config(pretrained_cfg=pretrained_cfg(arch[len(PREFIX):]))
-    if data.get("crop_mode", "center") != "center" or data["input_size"][1] != data["input_size"][2]:
-        raise UserError(f"{arch} evaluates with crop_mode '{data.get('crop_mode')}' at {data['input_size'][1:]}, which "
-                        "featurenorm's eval transform does not do; set image_size, resize_size, mean, std and "
-                        "interpolation in the config")
-    size = image_size or int(data["input_size"][1])
-    return {"image_size": size, "resize_size": math.floor(size / data["crop_pct"]), "mean": list(data["mean"]),
-            "std": list(data["std"]), "interpolation": data["interpolation"]}
-
-
 def cached_weights(name: str) -> tuple[Path | None, str]:
     """The local file of ``timm/<name>``'s pretrained weights (None when missing), and where to put it.
 
@@ -78,7 +50,7 @@ def cached_weights(name: str) -> tuple[Path | None, str]:
     """
     cfg = pretrained_cfg(name)
     if cfg.get("hf_hub_id"):
-        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache  # lazy: optional, only for timm weights in the Hugging Face cache
 
         repo, _, revision = cfg["hf_hub_id"].partition("@")
         filenames = [cfg["hf_hub_filename"]] if cfg.get("hf_hub_filename") else list(HF_FILENAMES)
@@ -89,8 +61,6 @@ def cached_weights(name: str) -> tuple[Path | None, str]:
         folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / (revision or "main")
         return None, f"put {filenames[0]} (from https://huggingface.co/{repo}) in {folder}"
     if cfg.get("url"):
-        import torch.hub
-
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"])
         return (path if path.is_file() else None), f"put {path.name} (from {cfg['url']}) in {path.parent}"
     raise UserError(f"timm model '{name}' has no pretrained weights; set pretrained false or pass weights_file")
@@ -102,7 +72,7 @@ HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 def _create(name: str, pretrained: bool, download: bool, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` that reads pretrained weights from the local caches, and downloads only when asked."""
-    import timm
+    import timm  # lazy: timm loads only for timm/<name> archs
 
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)

@@ -10,15 +10,16 @@ mean, std, interpolation) that :func:`featurenorm.config.from_dict` fills in as 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import pickle
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch.hub
 import torch.nn as nn
 
 from ..errors import UserError
+from ..arch_config import resolve_weights
 from .registry import Builder, register_family
 
 PREFIX = "torchvision/"
@@ -28,52 +29,6 @@ def is_torchvision_arch(arch: str) -> bool:
     return arch.startswith(PREFIX)
 
 
-def classification_names() -> list[str]:
-    """torchvision's classification model names (``resnet50``, ``vgg16``, ...), sorted."""
-    from torchvision import models
-
-    return sorted(models.list_models(module=models))
-
-
-def _check_name(name: str) -> None:
-    names = classification_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean '{PREFIX}{close[0]}'?)" if close else ""
-        raise UserError(f"unknown torchvision classification model '{name}'{hint}; list them with python -c "
-                        "'import torchvision; print(torchvision.models.list_models(module=torchvision.models))'")
-
-
-def resolve_weights(name: str, weights: str | None = None) -> Any:
-    """The weights enum member ``weights`` (e.g. ``IMAGENET1K_V1``) of model ``name``; None: its ``DEFAULT``."""
-    from torchvision import models
-
-    _check_name(name)
-    enum = models.get_model_weights(name)
-    members = [m for m in enum.__members__ if m != "DEFAULT"]
-    chosen = weights or "DEFAULT"
-    if chosen not in enum.__members__:
-        raise UserError(f"config key 'weights': {name} has no weights '{weights}'; valid: {', '.join(members)} "
-                        "(or leave it out for DEFAULT)")
-    return enum[chosen]
-
-
-def preprocessing(arch: str, weights: str | None = None, image_size: int | None = None) -> dict[str, Any]:
-    """The evaluation preprocessing of the weights' ``transforms()``, as config values.
-
-    Returns ``image_size`` (the crop), ``resize_size`` (the shorter side before the crop), ``mean``,
-    ``std`` and ``interpolation``. When ``image_size`` is given, ``resize_size`` keeps the weights'
-    resize/crop ratio (256/224 for most ImageNet weights).
-    """
-    member = resolve_weights(arch[len(PREFIX):], weights)
-    transform = member.transforms()
-    crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
-    if image_size is not None:
-        resize = max(image_size, round(image_size * resize / crop))
-    return {"image_size": image_size or crop, "resize_size": resize, "mean": [float(v) for v in transform.mean],
-            "std": [float(v) for v in transform.std], "interpolation": transform.interpolation.value}
-
-
 def num_categories(arch: str, weights: str | None = None) -> int:
     """How many classes the weights were trained on (1000 for ImageNet-1K)."""
     return len(resolve_weights(arch[len(PREFIX):], weights).meta["categories"])
@@ -81,8 +36,6 @@ def num_categories(arch: str, weights: str | None = None) -> int:
 
 def weights_file(member: Any) -> Path:
     """Where torch hub keeps (or will keep) the weights file: ``torch.hub.get_dir()/checkpoints/<file>``."""
-    import torch.hub
-
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(member.url)
 
 
@@ -111,7 +64,7 @@ def build_torchvision(name: str, num_classes: int | None = None, pretrained: boo
         weights: a member of the model's weights enum (``IMAGENET1K_V1``); None: ``DEFAULT``.
         download: fetch a weights file missing from the torch hub cache (else a one-line UserError).
     """
-    from torchvision import models
+    from torchvision import models  # lazy: torchvision loads only on this path
 
     if in_channels != 3:
         raise UserError(f"torchvision/{name} takes RGB images; set channels 3 to replicate the gray channel")

@@ -25,7 +25,7 @@ from ..selection.plot import pyplot, save_figure
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN when either side is constant or has NaN."""
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # lazy: scipy is heavy, and only this path needs it
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if np.isnan(a).any() or np.isnan(b).any() or np.ptp(a) == 0 or np.ptp(b) == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -178,8 +179,6 @@ def compare_with_paper(results: Mapping[str, Any], arch: str | None = None) -> P
     _check_arch(arch, paper)
     id_dataset = results.get("id_dataset")
     if id_dataset and id_dataset != paper["id_dataset"]:
-        import warnings
-
         warnings.warn(f"these results are for ID data '{id_dataset}', the paper's table for '{paper['id_dataset']}'; "
                       "the numbers are not comparable", stacklevel=2)
     paper_table: Mapping[str, Mapping[str, Sequence[float]]] = paper["fpr95_auroc"][arch]

@@ -29,10 +29,10 @@ SELECTED_COLOR = "tab:red"
 
 
 def pyplot():
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy, and only the figures need it
 
     matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is heavy, and only the figures need it
 
     return plt
 

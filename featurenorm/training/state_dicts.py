@@ -3,6 +3,7 @@ model: what featurenorm checkpoints, ``--checkpoint`` files of other code and ``
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -137,8 +138,6 @@ def _pickle_calls_code(path: Path) -> bool:
 
     The opcodes are only read, never run.
     """
-    import pickletools
-
     strings: list[str] = []  # STACK_GLOBAL takes its module and name from the two strings before it
     try:
         with open(path, "rb") as f:

@@ -30,7 +30,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise UserError(f"weights_file '{path}' not found; pass a state_dict saved with torch.save(model.state_dict(), "
                         "PATH) or a .safetensors file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # lazy: optional, only for .safetensors files
 
         try:
             state = load_file(str(path))
