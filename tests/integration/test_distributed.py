@@ -25,7 +25,9 @@ from featurenorm.data.splits import load_split
 from featurenorm.data.loaders import make_loader
 from featurenorm.training.loop import evaluate_accuracy
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # two-process torchrun subprocesses (about 40 s)
+
+REPO = Path(__file__).resolve().parents[2]
 # Small enough for ~2 s of training; batch 32 and lr 0.05 give a test accuracy far from chance
 # after one epoch, so that a wrong accuracy (e.g. from unsynced BatchNorm statistics) shows.
 RECIPE = ["width=0.0625", "batch_size=32", "lr=0.05", "milestones=[1]", "device=cpu", "num_workers=0",
