@@ -29,9 +29,9 @@ def preprocessing_defaults(values: dict[str, Any], channels: int) -> dict[str, A
     arch = values.get("arch", "")
     if all(key in values for key in PREPROCESSING_KEYS):
         return {}
-    if arch.startswith("torchvision/"):
+    if arch.startswith(TORCHVISION):
         defaults = torchvision_preprocessing(arch, values.get("weights"), values.get("image_size"))
-    elif arch.startswith("timm/"):
+    elif arch.startswith(TIMM):
         defaults = timm_preprocessing(arch, values.get("image_size"))
         if channels != 3:
             defaults = {k: v for k, v in defaults.items() if k not in ("mean", "std")}
@@ -42,9 +42,9 @@ def preprocessing_defaults(values: dict[str, Any], channels: int) -> dict[str, A
 
 def model_key_problem(arch: str, weights: str | None, weights_file: str | None, pretrained: bool) -> tuple[str, str] | None:
     """``(key, why)`` for a model key that does not apply to ``arch``; None when all apply."""
-    if weights is not None and not arch.startswith("torchvision/"):
+    if weights is not None and not arch.startswith(TORCHVISION):
         return "weights", f"names torchvision weights; it applies only to torchvision/<name> archs, not '{arch}'"
-    if weights_file is not None and not arch.startswith(("timm/", "torchvision/")):
+    if weights_file is not None and not arch.startswith((TIMM, TORCHVISION)):
         return "weights_file", (f"loads into timm/<name> and torchvision/<name> archs, not '{arch}'; pass a "
                                 "featurenorm model's weights with --checkpoint")
     if weights_file is not None and pretrained:

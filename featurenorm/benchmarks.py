@@ -18,6 +18,7 @@ validates the ``benchmark`` key against this table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from .errors import UserError
 
 DEFAULT_BENCHMARK = "paper"

@@ -34,6 +34,8 @@ RECORD_ONLY = ("git_commit",)
 # Spellings from other code bases that string similarity cannot link to ours.
 SYNONYMS = {"learning_rate": "lr", "wd": "weight_decay", "model": "arch", "architecture": "arch",
             "num_epochs": "epochs", "n_epochs": "epochs"}
+
+
 @dataclass
 class Config:
     """Every key a config file may hold. Defaults follow the paper's ResNet-18 CIFAR-10 recipe."""

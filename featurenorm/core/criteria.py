@@ -56,8 +56,9 @@ def register_criterion(criterion: Criterion) -> Criterion:
     return criterion
 
 
-def _finite_or(value: float, fallback: float) -> float:
-    return fallback if math.isnan(value) else float(value)
+def worst_if_nan(value: float) -> float:
+    """``value``, or minus infinity for NaN: a figure that could not be computed never wins and ranks last."""
+    return -math.inf if math.isnan(value) else float(value)
 
 
 def average_auroc_ranks(rows: Sequence[BlockRow]) -> list[float]:
@@ -68,7 +69,7 @@ def average_auroc_ranks(rows: Sequence[BlockRow]) -> list[float]:
     kinds = list(rows[0].kinds)
     ranks = np.zeros(len(rows))
     for kind in kinds:
-        ranks += rankdata(-np.array([_finite_or(row.kinds[kind].auroc, -math.inf) for row in rows]), method="average")
+        ranks += rankdata(-np.array([worst_if_nan(row.kinds[kind].auroc) for row in rows]), method="average")
     return (ranks / len(kinds)).tolist()
 
 
@@ -126,7 +127,7 @@ def criterion_values(rows: Sequence[BlockRow], criterion: str) -> list[float]:
 
 def best_index(values: Sequence[float]) -> int:
     """The position of the largest value; the first one on ties; NaN never wins (unless all are NaN)."""
-    clean = [-math.inf if math.isnan(v) else v for v in values]
+    clean = [worst_if_nan(v) for v in values]
     return max(range(len(clean)), key=lambda i: (clean[i], -i))
 
 

@@ -16,10 +16,8 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..core.timm_stages import stage_layouts
-from ..arch_config import pretrained_cfg
+from ..arch_config import TIMM as PREFIX, pretrained_cfg
 from .registry import Builder, register_family
-
-PREFIX = "timm/"
 
 
 class TimmClassifier(nn.Module):

@@ -19,10 +19,8 @@ import torch.hub
 import torch.nn as nn
 
 from ..errors import UserError
-from ..arch_config import resolve_weights
+from ..arch_config import TORCHVISION as PREFIX, resolve_weights
 from .registry import Builder, register_family
-
-PREFIX = "torchvision/"
 
 
 def is_torchvision_arch(arch: str) -> bool:

@@ -2,7 +2,6 @@
 the results schema filled in with the run's provenance, and every output file written (rank 0)."""
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -66,8 +65,8 @@ def resolve_block(cfg: Config, block: str | None, model: nn.Module,
         raise UserError(f"no block selected: '{path}' not found; run select_block.py --config ... first, "
                         "or pass --block NAME")
     try:
-        selection = BlockSelection.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        selection = BlockSelection.read(path)
+    except ValueError:
         raise UserError(f"'{path}' is not a valid block selection; rerun select_block.py") from None
     made_for, selected = selection.checkpoint, selection.selected
     if checkpoint is not None and made_for and not _same_file(made_for, checkpoint):
@@ -175,7 +174,7 @@ def write_outputs(cfg: Config, evaluation: Evaluation, selected: SelectedBlock |
             block, save_dir / "feature_norm_hist.png"))
     selection = save_dir / "block_selection.json"
     if all_blocks and selection.is_file():
-        chosen = BlockSelection.from_dict(json.loads(selection.read_text()))
+        chosen = BlockSelection.read(selection)
         written.append(plots.plot_norm_ratio_vs_auroc(
             chosen.rows, results["per_block"], save_dir / "norm_ratio_vs_auroc.png", selected=chosen.selected))
     return written

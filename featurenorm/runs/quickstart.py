@@ -68,7 +68,7 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
     _banner(f"2/3 select the block by {cfg.criterion} (ID training images vs. pseudo-OOD made from them: "
             f"{', '.join(cfg.pseudo_ood)})")
     if _newer(selection_path, last):
-        selection = BlockSelection.from_dict(json.loads(selection_path.read_text()))
+        selection = BlockSelection.read(selection_path)
         print(f"reusing {selection_path}")
     else:
         selection = run_selection(cfg, progress=progress)

@@ -11,8 +11,10 @@ the select_block.py run, loads the checkpoint and data, writes ``block_selection
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -82,6 +84,18 @@ class BlockSelection:
                    int(data.get("grid", 3)), int(data.get("seed", 0)), int(data.get("num_samples", 0)),
                    arch=data.get("arch"), checkpoint=data.get("checkpoint"),
                    pseudo_ood=tuple(data.get("pseudo_ood") or (rows[0].kinds if rows else (JIGSAW,))))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "BlockSelection":
+        """:meth:`from_dict` of a ``block_selection.json`` file.
+
+        Raises:
+            OSError: the file cannot be read. ValueError: it is not a block selection.
+        """
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError already
+            raise ValueError(f"{path} is not a block selection ({type(err).__name__}: {err})") from None
 
     def warnings(self, weak_auroc: float = WEAK_AUROC) -> list[str]:
         """One-line notes on weak or conflicting evidence (see :func:`selection_warnings`)."""

@@ -2,18 +2,13 @@
 kinds disagree on the best block (the criteria themselves are :mod:`featurenorm.core.criteria`)."""
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from ..core.block_rows import JIGSAW, BlockRow
-from ..core.criteria import CRITERIA, best_block_per_kind, choose_block
+from ..core.criteria import CRITERIA, best_block_per_kind, choose_block, worst_if_nan
 
 # A best ID-vs-pseudo-OOD AUROC at or below this, at every block, is weak evidence for any choice.
 WEAK_AUROC = 0.6
-
-
-def _auroc_or_worst(value: float) -> float:
-    return -math.inf if math.isnan(value) else float(value)
 
 
 def selection_warnings(rows: Sequence[BlockRow], criterion: str,
@@ -31,7 +26,7 @@ def selection_warnings(rows: Sequence[BlockRow], criterion: str,
     kinds = list(rows[0].kinds)
     read = [JIGSAW] if CRITERIA[criterion].jigsaw_only else kinds
     notes = []
-    aurocs = {kind: [_auroc_or_worst(row.kinds[kind].auroc) for row in rows] for kind in kinds}
+    aurocs = {kind: [worst_if_nan(row.kinds[kind].auroc) for row in rows] for kind in kinds}
     best_auroc = {kind: max(aurocs[kind]) for kind in read if kind in kinds}
     if best_auroc and all(value <= weak_auroc for value in best_auroc.values()):
         figures = ", ".join(f"{kind} {value:.2f}" for kind, value in best_auroc.items())
