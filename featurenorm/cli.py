@@ -1,8 +1,8 @@
 """The three command-line tools. ``train.py``/``select_block.py``/``eval_ood.py`` at the repository root
 and the console scripts ``featurenorm-train``/``featurenorm-select``/``featurenorm-eval`` both call these.
 
-Each ``*_main(argv)`` parses the flags, loads the config and calls one library function; the
-``console_*`` entry points wrap them in :func:`featurenorm.errors.run_cli`, which turns a
+Each ``*_main(argv)`` parses the flags, loads the config and hands both to its command in
+:mod:`featurenorm.runs.commands`; the ``console_*`` entry points wrap them in :func:`featurenorm.errors.run_cli`, which turns a
 :class:`~featurenorm.errors.UserError` into a one-line message and exit status 2.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 from .benchmarks import BENCHMARKS
 from .config import load_config
 from .core.criteria import CRITERIA
-from .errors import UserError, reported, run_cli
+from .errors import UserError, run_cli
 
 
 def add_common_arguments(parser, config_default: str | None = None) -> None:
@@ -73,6 +73,16 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, list(args.set) + extra)
 
 
+# The module that runs each command (featurenorm.runs.commands), imported by name once the flags and the config
+# have been checked, as a command table: a config mistake is then reported in a quarter of a second rather than
+# after the seconds that importing torch takes. tests/test_layout.py counts this import like any other.
+COMMANDS = "featurenorm.runs.commands"
+
+
+def _commands():
+    return importlib.import_module(COMMANDS)
+
+
 CHECKPOINT_HELP = ("model checkpoint (default: <save_path>/last.pt, or the pretrained weights when pretrained is true "
                    "and there is none); foreign state_dicts and OpenOOD checkpoints are accepted for the configured "
                    "arch; 'none': the model as the config builds it (pretrained weights, else random init by seed)")
@@ -86,15 +96,7 @@ def train_main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="start over even if <save_path> holds a run")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .training.loop import StopRequested, train  # lazy: torch loads once the config is known to be good
-
-    try:
-        metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    except StopRequested as stop:
-        print(f"stopped by {stop}; saved {cfg.save_dir / 'last.pt'}; continue with --resume", file=sys.stderr)
-        return stop.exit_code
-    print(f"done: test accuracy {metrics.get('test_acc', float('nan')):.4f}; checkpoint {cfg.save_dir / 'last.pt'}")
-    return 0
+    return _commands().train(cfg, args)
 
 
 def select_main(argv: Sequence[str]) -> int:
@@ -118,24 +120,11 @@ def select_main(argv: Sequence[str]) -> int:
                         help="whose ID training images to use (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .core.tap import BlockError  # lazy: as in train_main
-    from .reporting.tables import format_block_table  # lazy: as in train_main
-    from .runs.select import run_selection  # lazy: as in train_main
-    from .runtime import is_main_process  # lazy: as in train_main
-
-    with reported(BlockError):  # e.g. the config key 'blocks' names a module that cannot be read
-        selection = run_selection(cfg, args.checkpoint, args.num_samples, args.grid, args.seed, args.criterion,
-                                  progress=not args.no_progress, pseudo_ood=args.pseudo_ood)
-    if is_main_process():
-        print(format_block_table(selection.rows, selection.selected))
-        print(f"selected block: {selection.block} (criterion {selection.criterion}); "
-              f"wrote {cfg.save_dir / 'block_selection.json'} and {cfg.save_dir / 'norm_ratio.png'}")
-    return 0
+    return _commands().select(cfg, args)
 
 
 def eval_main(argv: Sequence[str]) -> int:
-    from .methods import method_names  # lazy: as in train_main; the --methods help lists the registered methods
-
+    method_names = _commands().method_names  # the --methods help lists the registered methods (torch loads here)
     parser = argparse.ArgumentParser(prog="eval_ood.py", description="OOD evaluation: FPR95, AUROC, AUPR-In/Out "
                                                                       "for each method and OOD set.")
     _add_arguments(parser)
@@ -150,18 +139,7 @@ def eval_main(argv: Sequence[str]) -> int:
                         help="which data sets to score (default: config key benchmark, paper)")
     args = parser.parse_args(argv)
     cfg = _load(args)
-    from .core.tap import BlockError  # lazy: as in train_main
-    from .reporting.tables import summary_text  # lazy: as in train_main
-    from .runs.evaluate import run_evaluation  # lazy: as in train_main
-    from .runtime import is_main_process  # lazy: as in train_main
-
-    with reported(BlockError):
-        run = run_evaluation(cfg, args.checkpoint, args.methods, args.block, args.ood, args.save_scores,
-                             args.all_blocks, progress=not args.no_progress)
-    if is_main_process():
-        print(summary_text(run.results))
-        print("wrote: " + ", ".join(str(p) for p in run.written))
-    return 0
+    return _commands().evaluate(cfg, args)
 
 
 def console_train() -> int:
