@@ -21,7 +21,7 @@ from ..core.block_rows import SelectedBlock
 from ..core.blocks import candidate_blocks, classifier_parts, model_device
 from ..errors import UserError
 from ..methods import METHODS, build_method, method_names
-from ..methods.base import PAPER_METHOD, Method, uses_block
+from ..methods.base import PAPER_METHOD, Method, uses_all_blocks, uses_block
 from ..selection.api import select_block
 from .results import FitStatus, ResultsMeta, assemble_results
 from .scoring import DatasetScores, Scorer, collect_features, score_dataset
@@ -108,7 +108,8 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
         if fit_loader is None:
             raise ValueError("a method reads the block norm: pass block=..., or fit_loader= to select one")
         block = select_block(model, fit_loader).block
-    candidates = list(blocks) if blocks is not None else (candidate_blocks(model) if all_blocks else [])
+    profile = any(uses_all_blocks(m) for m in built.values())  # a method reads every candidate block
+    candidates = list(blocks) if blocks is not None else (candidate_blocks(model) if all_blocks or profile else [])
     tap_blocks = candidates + ([block] if block and block not in candidates else [])
     was_training = model.training
     model.eval()
@@ -119,15 +120,17 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
         if unfitted:
             if fit_loader is None:
                 raise ValueError(f"method(s) {', '.join(unfitted)} need ID-train statistics: pass fit_loader=")
-            features, labels = collect_features(forward_features, fit_loader, model_device(model), amp, progress)
+            tapped = candidates if any(m.fit_on == "block_norms" for m in unfitted.values()) else None
+            data = collect_features(forward_features, fit_loader, model_device(model), amp, progress, model=model,
+                                    blocks=tapped)
             for name, method in unfitted.items():
-                method.fit(features, labels, head)
+                method.fit(data.input_for(method), data.labels, head)
                 fit_status[name] = FitStatus.FITTED
         # only FeatureNorm asked for: the forward pass stops after the last tapped block
         need_logits = any(not uses_block(type(m)) or m.needs - {"block_norm"} or m.needs_input
                           for m in built.values())
         scorer = Scorer(model, built, block, tap_blocks, amp, need_logits=need_logits,
-                        forward_features=forward_features, head=head)
+                        forward_features=forward_features, head=head, profile_blocks=candidates if profile else [])
         id_scores = score_dataset(scorer, id_loader, "ID test", progress)
         _check_finite(id_scores, "the ID test set")
         ood_scores: dict[str, DatasetScores] = {}

@@ -24,7 +24,7 @@ from ..core.blocks import classifier_parts
 
 # Config keys whose change invalidates fitted ID-train statistics (besides the checkpoint bytes).
 FIT_KEYS = ("id_dataset", "dataset", "data_root", "image_size", "resize_size", "interpolation", "mean", "std", "arch",
-            "width", "num_classes", "fit_samples", "benchmark", "openood_root")
+            "width", "num_classes", "fit_samples", "benchmark", "openood_root", "blocks")
 
 
 def fit_cache_key(checkpoint_hash: str, cfg: Config, method: Any) -> str:
@@ -51,8 +51,9 @@ def load_cached_state(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], checkpoint: WeightsSource, fit_loader,
-                   amp, progress: bool, is_main: bool) -> dict[str, FitStatus]:
-    """Fit (or load from ``<save_path>/cache/``) every method that needs ID-train statistics.
+                   amp, progress: bool, is_main: bool, blocks: list[str] | None = None) -> dict[str, FitStatus]:
+    """Fit (or load from ``<save_path>/cache/``) every method that needs ID-train statistics; ``blocks`` are
+    the candidate blocks whose FeatureNorms the methods with ``fit_on = "block_norms"`` learn from.
 
     The cache is keyed by the weights (:meth:`WeightsSource.fingerprint`), the config's :data:`FIT_KEYS`
     and the method's hyperparameters.
@@ -81,10 +82,11 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
         print(f"reusing cached ID-train fits from {cache_dir}: {', '.join(status)}", file=sys.stderr)
     if missing:
         forward_features, head = classifier_parts(model)
-        features, labels = collect_features(forward_features, fit_loader(), model_device(model), amp,
-                                            progress and is_main)
+        tapped = blocks if any(method.fit_on == "block_norms" for method, _ in missing.values()) else None
+        data = collect_features(forward_features, fit_loader(), model_device(model), amp, progress and is_main,
+                                model=model, blocks=tapped)
         for name, (method, path) in missing.items():
-            state = method.fit(features, labels, head)
+            state = method.fit(data.input_for(method), data.labels, head)
             status[name] = FitStatus.FITTED
             if is_main:
                 with files.atomic_path(path) as tmp:

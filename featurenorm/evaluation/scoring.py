@@ -23,6 +23,8 @@ class Scorer:
     """Everything one batch needs: the model, the methods and which blocks to tap.
 
     ``forward_features``/``head`` default to :func:`featurenorm.core.blocks.classifier_parts` of the model.
+    ``profile_blocks`` (tapped too) are the candidate blocks whose FeatureNorms fill ``Outputs.block_norms``, in
+    that order, for the methods that read every block.
     """
 
     model: nn.Module
@@ -33,10 +35,12 @@ class Scorer:
     need_logits: bool = True
     forward_features: Callable[[torch.Tensor], torch.Tensor] | None = None
     head: nn.Linear | None = None
+    profile_blocks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.forward_features is None or self.head is None:
             self.forward_features, self.head = classifier_parts(self.model)
+        self.tap_blocks = list(dict.fromkeys([*self.tap_blocks, *self.profile_blocks]))
 
     @property
     def parts(self) -> ModelParts:
@@ -58,7 +62,10 @@ class Scorer:
                 return Outputs(block_norm=norms[self.block]), norms
             features = features.float()
             block_norm = norms.get(self.block) if self.block else None
-            return Outputs(features=features, logits=self.head(features), block_norm=block_norm), norms
+            block_norms = torch.stack([norms[name] for name in self.profile_blocks], 1) if self.profile_blocks \
+                else None
+            return Outputs(features=features, logits=self.head(features), block_norm=block_norm,
+                           block_norms=block_norms), norms
 
     def score_batch(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
                                                           torch.Tensor | None]:
@@ -178,9 +185,29 @@ def score_dataset(scorer: Scorer, batches: Iterable, desc: str, progress: bool) 
     return result
 
 
+@dataclass
+class FitData:
+    """What the fitted methods learn from, in set order: penultimate features (N, D), labels (N,), and, when
+    blocks were tapped, every tapped block's FeatureNorm (N, K) in the order asked for."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    block_norms: torch.Tensor | None = None
+
+    def input_for(self, method: Any) -> torch.Tensor:
+        """The ``train_features`` argument of ``method.fit``: what its ``fit_on`` names."""
+        if method.fit_on == "block_norms":
+            if self.block_norms is None:
+                raise ValueError(f"method '{method.name}' fits on block norms; collect them with blocks=[...]")
+            return self.block_norms
+        return self.features
+
+
 def collect_features(forward_features: Callable[[torch.Tensor], torch.Tensor], loader: Iterable, device: torch.device,
-                     amp: torch.dtype | None = None, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (N, D) and labels (N,) of a labelled loader (e.g. the ID training set), in set order."""
+                     amp: torch.dtype | None = None, progress: bool = False, model: nn.Module | None = None,
+                     blocks: list[str] | None = None) -> FitData:
+    """Penultimate features and labels of a labelled loader (e.g. the ID training set), in set order; with
+    ``model`` and ``blocks``, also those blocks' FeatureNorms (one pass for both)."""
     collected = _Collected()
     bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc="fit: ID-train features",
                        leave=False, disable=not progress)
@@ -190,13 +217,21 @@ def collect_features(forward_features: Callable[[torch.Tensor], torch.Tensor], l
             if labels is None:
                 raise ValueError("the fit loader must yield (images, labels) batches: the fitted methods need labels")
             images = images.to(device, non_blocking=True)
-            with autocast(amp, device):
-                features = forward_features(images)
-            collected.add("fit", {"features": features.float().cpu(), "labels": labels.cpu()})
+            values = {"labels": labels.cpu()}
+            if blocks:
+                with FeatureTap(model, blocks) as tap:
+                    with autocast(amp, device):
+                        features = tap.run(forward_features, images)
+                    values["block_norms"] = torch.stack([tap.values[name].float() for name in blocks], 1).cpu()
+            else:
+                with autocast(amp, device):
+                    features = forward_features(images)
+            values["features"] = features.float().cpu()
+            collected.add("fit", values)
             collected.add_index(index)
             bar.update(1)
     bar.close()
     if not collected.parts:
         raise ValueError("the fit loader yielded no images")
     values = collected.in_order()["fit"]
-    return values["features"], values["labels"]
+    return FitData(values["features"], values["labels"], values.get("block_norms"))

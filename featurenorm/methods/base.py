@@ -21,7 +21,9 @@ from ..errors import UserError, check_new_name
 if TYPE_CHECKING:
     from ..config import Config
 
-OUTPUT_FIELDS = frozenset({"features", "logits", "block_norm"})
+OUTPUT_FIELDS = frozenset({"features", "logits", "block_norm", "block_norms"})
+# What a fitted method learns from (Method.fit_on): the penultimate features, or every candidate block's FeatureNorm.
+FIT_INPUTS = frozenset({"features", "block_norms"})
 
 # The paper's method: the default of evaluate().
 PAPER_METHOD = "featurenorm"
@@ -35,11 +37,13 @@ class Outputs:
         features: (B, D) float, pooled penultimate features (``model.forward_features(x)``).
         logits: (B, C) float, ``head(features)``.
         block_norm: (B,) float, FeatureNorm of the selected block.
+        block_norms: (B, K) float, FeatureNorm of each of the K candidate blocks, in candidate order.
     """
 
     features: Tensor | None = None
     logits: Tensor | None = None
     block_norm: Tensor | None = None
+    block_norms: Tensor | None = None
 
     def require(self, field: str, method: str) -> Tensor:
         """The tensor ``field``; a clear error if the engine did not provide it."""
@@ -73,6 +77,8 @@ class Method:
         name: registry name.
         needs: which :class:`Outputs` fields :meth:`score` reads.
         fits: True if the method needs ID-train statistics (call :meth:`fit` or :meth:`load_state`).
+        fit_on: what :meth:`fit` learns from: ``"features"`` (the penultimate features, the default) or
+            ``"block_norms"`` (every candidate block's FeatureNorm of the ID-train images).
         needs_input: True if the method scores images itself (:meth:`score_images`), not Outputs; the
             evaluator then runs it in a gradient pass of its own with the logits of :meth:`input_logits`.
 
@@ -83,6 +89,7 @@ class Method:
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
     fits: ClassVar[bool] = False
+    fit_on: ClassVar[str] = "features"
     needs_input: ClassVar[bool] = False
 
     @classmethod
@@ -98,7 +105,8 @@ class Method:
         """Compute ID-train statistics, load them, and return them as the method's state.
 
         Args:
-            train_features: (N, D) float, penultimate features of the ID training set.
+            train_features: (N, D) float, penultimate features of the ID training set; for ``fit_on =
+                "block_norms"``, (N, K) FeatureNorms of the K candidate blocks instead.
             train_labels: (N,) int64, their class labels.
             head: the classifier, ``logits = head(features)``.
         Returns:
@@ -156,6 +164,8 @@ def register_method(cls: M) -> M:
     unknown = cls.needs - OUTPUT_FIELDS
     if unknown:
         raise ValueError(f"method '{cls.name}' needs unknown Outputs fields {sorted(unknown)}")
+    if cls.fit_on not in FIT_INPUTS:
+        raise ValueError(f"method '{cls.name}' fits on '{cls.fit_on}'; valid: {', '.join(sorted(FIT_INPUTS))}")
     METHODS[cls.name] = cls
     return cls
 
@@ -209,6 +219,12 @@ def fitted(value: T | None, method: str) -> T:
 def float64_device(device: torch.device) -> torch.device:
     """Where float64 math can run: ``device`` itself, except MPS (no float64 there), which uses CPU."""
     return torch.device("cpu") if device.type == "mps" else device
+
+
+def uses_all_blocks(method: Any) -> bool:
+    """Whether a method (a class or instance) reads every candidate block's FeatureNorm (``block_norms``), in
+    its score or its fit."""
+    return "block_norms" in method.needs or method.fit_on == "block_norms"
 
 
 def uses_block(method: Any) -> bool:

@@ -92,8 +92,9 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
             if any(map(uses_block, names)) or all_blocks else None
         built = {name: build_method(name, cfg) for name in names}
         live, skipped = _live_ood_sources(cfg, ood_specs)
+        blocks = list(cfg.blocks or candidate_blocks(model))
         fit_status = fit_with_cache(cfg, model, built, weights, lambda: _fit_batches(cfg, device),
-                                    amp, progress, info.is_main)
+                                    amp, progress, info.is_main, blocks=blocks)
         ood_loaders = {source.name: open_ood(source, cfg, device) for source in live}
         conversions = {name: batches.conversion for name, batches in ood_loaders.items() if batches.conversion}
         if info.is_main:
@@ -103,7 +104,7 @@ def run_evaluation(cfg: Config, checkpoint: str | None = None, methods: str | No
         try:
             evaluation = evaluate_scores(model, split_batches(cfg, test_split, device), ood_loaders,
                                          list(built.values()), block=selected.name if selected else None,
-                                         all_blocks=all_blocks, blocks=list(cfg.blocks or candidate_blocks(model)),
+                                         all_blocks=all_blocks, blocks=blocks,
                                          amp=amp, cfg=cfg, fitted=fit_status, progress=show)
         except NoOODImages as err:
             skipped.update({name: "no readable images" for name in err.names})

@@ -39,7 +39,7 @@ from ..config import Config
 from ..selection.jigsaw import sample_permutations
 from ..data.loaders import DeviceLoader
 from ..errors import UserError
-from ..methods.base import uses_block
+from ..methods.base import uses_all_blocks, uses_block
 from ..methods import build_method, method_names
 from ..models import block_names, build_model
 from ..runtime import amp_dtype, autocast, device_name, peak_rss_mib, resolve_device
@@ -115,12 +115,13 @@ def target_text(figure: str, k: int | None = None) -> str:
 
 # ----------------------------------------------------------------------------------- the workloads
 def scoring_methods(model: nn.Module, settings: BenchSettings, generator: torch.Generator) -> dict[str, Any]:
-    """Every one-pass method (all but ODIN's), the fitted ones fitted on random ID-like features."""
+    """Every one-pass method of one block (all but ODIN's and those that read every block, norm_profile), the
+    fitted ones fitted on random ID-like features."""
     cfg = Config()
     methods = {}
     for name in method_names():
         method = build_method(name, cfg)
-        if method.needs_input:
+        if method.needs_input or uses_all_blocks(method):
             continue
         methods[name] = method
     dim = model.head.in_features

@@ -12,7 +12,7 @@ from featurenorm.models import build_model
 
 DOCUMENTED_ORDER = ["featurenorm", "msp", "odin", "energy", "energy_react", "energy_dice", "maxlogit",
                     "mahalanobis", "knn", "vim", "ash", "msp_blocknorm", "odin_blocknorm",
-                    "energy_blocknorm"]
+                    "energy_blocknorm", "norm_profile"]
 
 
 def test_names_in_documented_order_and_all_registered():
@@ -24,9 +24,10 @@ def test_names_in_documented_order_and_all_registered():
 def test_build_every_method(name):
     method = build_method(name, Config())
     assert isinstance(method, METHODS[name]) and method.name == name
-    assert method.needs <= {"features", "logits", "block_norm"}
+    assert method.needs <= {"features", "logits", "block_norm", "block_norms"}
     assert method.needs_input == (name in ("odin", "odin_blocknorm"))
-    assert method.fits == (name in ("energy_react", "energy_dice", "mahalanobis", "knn", "vim"))
+    assert method.fits == (name in ("energy_react", "energy_dice", "mahalanobis", "knn", "vim", "norm_profile"))
+    assert method.fit_on == ("block_norms" if name == "norm_profile" else "features")
 
 
 def test_hyperparameters_come_from_the_config():
@@ -70,7 +71,9 @@ def score_batch(method: Method, run: dict, block_norm: torch.Tensor) -> torch.Te
             f = model.forward_features(x)
             return f, f.norm(dim=1)
         return method.score_images(blocknorm_logits_fn(features_and_norm, model.head), run["images"])
-    out = Outputs(features=run["features"], logits=run["logits"], block_norm=block_norm)
+    # norm_profile reads a (B, K) profile of block norms: the features stand in for one with K = D blocks
+    out = Outputs(features=run["features"], logits=run["logits"], block_norm=block_norm,
+                  block_norms=run["features"] + 1.0)
     with torch.no_grad():
         return method.score(out, model.head)
 
@@ -81,7 +84,8 @@ def test_every_method_scores_a_batch_and_restores_its_state(name, tiny_run, tmp_
     block_norm = torch.linspace(1.0, 2.0, 6)
     method = build_method(name, cfg)
     if method.fits:
-        state = method.fit(tiny_run["train_features"], tiny_run["train_labels"], tiny_run["model"].head)
+        train = tiny_run["train_features"] + (1.0 if method.fit_on == "block_norms" else 0.0)
+        state = method.fit(train, tiny_run["train_labels"], tiny_run["model"].head)
         torch.save(state, tmp_path / "state.pt")
         restored = build_method(name, cfg)
         restored.load_state(torch.load(tmp_path / "state.pt"))
