@@ -67,7 +67,7 @@ for entry in "${MODELS[@]}"; do
     [ "$DRY_RUN" = 1 ] || touch "$RUN/.trained"
   fi
   [ -f "$RUN/block_selection.json" ] || run "$PY" select_block.py "${SETS[@]}"
-  [ -f "$RUN/ood_results.json" ] || run "$PY" eval_ood.py "${SETS[@]}" --methods featurenorm --all-blocks "${OOD[@]}"
+  [ -f "$RUN/ood_results.json" ] || run "$PY" eval_ood.py "${SETS[@]}" --methods featurenorm,norm_profile --all-blocks "${OOD[@]}"
 done
 run "$PY" scripts/study_blocks.py --dev "$DEV"/*_seed* --held-out $(for e in "${MODELS[@]}"; do echo "$RUNS/${e%%|*}"; done) \
   --out results/block_study

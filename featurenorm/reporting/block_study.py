@@ -3,9 +3,10 @@
 Each model contributes, per candidate block, the evidence that selection sees (for every pseudo-OOD
 kind, the NormRatio of ID images to it and the AUROC of ID vs. it, from ``block_selection.json``)
 and the truth that selection never sees (FeatureNorm's average AUROC on the real OOD sets, from
-``ood_results.json --all-blocks``). Models are split in two parts: criteria are compared on the
-*development* part, and the one recommended there is then reported on the *held-out* part, whose
-OOD sets played no part in the choice.
+``ood_results.json --all-blocks``). Beside the criteria, each method in the results that reads every
+block (``norm_profile``) is a rule of its own, with no block to pick. Models are split in two parts:
+the rules are compared on the *development* part, and the one recommended there is then reported on
+the *held-out* part, whose OOD sets played no part in the choice.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.criteria import CRITERIA, choose_block
-from .seed_tables import Run, read_run
+from .seed_tables import EVERY_BLOCK, Run, every_block_aurocs, read_run
 from .summary import mean_std
 from ..selection.plot import pyplot, save_figure
 
@@ -57,7 +58,8 @@ def gap_of(run: Run, block: str) -> float:
 
 @dataclass
 class ModelRow:
-    """One model of the study: the block each criterion picks and what it costs."""
+    """One model of the study: the block each rule picks (a criterion's block, or :data:`EVERY_BLOCK` for a
+    method that reads every block) and what it costs (best block's AUROC minus the rule's, in points)."""
 
     name: str
     part: str  # "development" or "held-out"
@@ -74,14 +76,17 @@ def model_row(run: Run, part: str, criteria: Sequence[str] = tuple(CRITERIA)) ->
     best = max(aurocs, key=lambda block: aurocs[block])
     rows = run.selection.rows
     picks = {c: choose_block(rows, c).name for c in criteria}
+    gaps = {c: gap_of(run, block) for c, block in picks.items()}
+    for name, auroc in every_block_aurocs(run.results).items():
+        picks[name], gaps[name] = EVERY_BLOCK, aurocs[best] - auroc
     truth = real_aurocs(run)
-    return ModelRow(run.folder.name, part, best, aurocs[best], gap_of(run, list(aurocs)[-1]), picks,
-                    {c: gap_of(run, block) for c, block in picks.items()},
+    return ModelRow(run.folder.name, part, best, aurocs[best], gap_of(run, list(aurocs)[-1]), picks, gaps,
                     {name: spearman(values, truth) for name, values in evidence(run).items()})
 
 
 def recommend(rows: Sequence[ModelRow]) -> str:
-    """The criterion with the smallest mean gap on the development models (the first on ties)."""
+    """The rule (criterion or every-block method) with the smallest mean gap on the development models (the
+    first on ties)."""
     development = [r for r in rows if r.part == "development"]
     if not development:
         raise ValueError("the study has no development models")
@@ -100,8 +105,8 @@ def _part_stats(rows: Sequence[ModelRow], part: str, criterion: str) -> tuple[st
 
 
 def criteria_table(rows: Sequence[ModelRow], recommended: str) -> str:
-    """Markdown: per criterion, mean ± std of the gap on each part and the held-out worst model."""
-    lines = ["| criterion | development gap (points) | held-out gap (points) | held-out worst |",
+    """Markdown: per rule, mean ± std of the gap on each part and the held-out worst model."""
+    lines = ["| rule | development gap (points) | held-out gap (points) | held-out worst |",
              "|---|---:|---:|---|"]
     for criterion in rows[0].gaps:
         dev, _ = _part_stats(rows, "development", criterion)
@@ -118,7 +123,7 @@ def criteria_table(rows: Sequence[ModelRow], recommended: str) -> str:
 
 
 def models_table(rows: Sequence[ModelRow]) -> str:
-    """Markdown: per model, the best block and each criterion's pick with its gap."""
+    """Markdown: per model, the best block and each rule's pick with its gap."""
     criteria = list(rows[0].gaps)
     lines = ["| model | part | best block (AUROC %) | last block gap | " + " | ".join(criteria) + " |",
              "|---|---|---|---:|" + "---|" * len(criteria)]

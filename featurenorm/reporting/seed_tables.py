@@ -21,6 +21,8 @@ from ..core.block_rows import BlockRow, KindFigures
 from ..core.criteria import CRITERIA, choose_block
 from ..errors import UserError
 from ..evaluation.results import AVERAGE
+from ..methods import METHODS
+from ..methods.base import uses_all_blocks
 from ..selection.api import BlockSelection
 from .summary import MeanStd, RunsSummary, format_summary, mean_std, summarize_results
 from .plots import plot_norm_ratio_vs_auroc
@@ -61,6 +63,17 @@ def read_run(folder: str | Path) -> Run:
         raise UserError(f"{folder / 'block_selection.json'} is not a block selection; rerun select_block.py") from None
 
 
+# What the choice tables show for a method that reads every block instead of one (norm_profile).
+EVERY_BLOCK = "every block"
+
+
+def every_block_aurocs(results: Mapping[str, Any]) -> dict[str, float]:
+    """Method -> average OOD AUROC (percent) of each method in ``results`` that reads every candidate block
+    (:func:`~featurenorm.methods.base.uses_all_blocks`), in table order; such a method needs no block choice."""
+    return {name: 100.0 * per_set[AVERAGE]["auroc"] for name, per_set in results.get("methods", {}).items()
+            if name in METHODS and uses_all_blocks(METHODS[name]) and AVERAGE in per_set}
+
+
 def criterion_choices(run: Run, criteria: Sequence[str] = tuple(CRITERIA)) -> dict[str, str]:
     """Criterion -> the block it picks from the run's selection rows."""
     return {criterion: choose_block(run.selection.rows, criterion).name for criterion in criteria}
@@ -81,9 +94,11 @@ class ChoiceRow:
 
 
 def choice_rows(runs: Sequence[Run], criteria: Sequence[str] = tuple(CRITERIA)) -> list[ChoiceRow]:
-    """Each criterion, the last block and the best block in hindsight, over ``runs``.
+    """Each criterion, the last block, the best block in hindsight, and each method that reads every block
+    (its blocks shown as :data:`EVERY_BLOCK`; only when every run has it), over ``runs``.
 
-    The gap is per run ``best AUROC - AUROC of the picked block`` (>= 0), then mean ± std.
+    The gap is per run ``best AUROC - AUROC of the picked block`` (>= 0; for an every-block method, best
+    block minus the method's AUROC, which is negative where it beats the best block), then mean ± std.
     """
     if not runs:
         raise ValueError("no runs to tabulate")
@@ -100,6 +115,11 @@ def choice_rows(runs: Sequence[Run], criteria: Sequence[str] = tuple(CRITERIA)) 
         values = [run.block_aurocs[block] for run, block in zip(runs, blocks)]
         gaps = [max(run.block_aurocs.values()) - value for run, value in zip(runs, values)]
         rows.append(ChoiceRow(rule, blocks, mean_std(values), mean_std(gaps)))
+    methods = [every_block_aurocs(run.results) for run in runs]
+    for name in [name for name in methods[0] if all(name in found for found in methods)]:
+        values = [found[name] for found in methods]
+        gaps = [max(run.block_aurocs.values()) - value for run, value in zip(runs, values)]
+        rows.append(ChoiceRow(name, [EVERY_BLOCK] * len(runs), mean_std(values), mean_std(gaps)))
     return rows
 
 

@@ -9,13 +9,14 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ..config import Config, load_config
 from ..core.block_rows import BlockRow
 from ..core.criteria import CRITERIA, choose_block
 from ..data.synthetic import MANIFEST, write_synthetic_ood
 from ..evaluation.results import AVERAGE
+from ..reporting.seed_tables import EVERY_BLOCK, every_block_aurocs
 from ..selection.api import BlockSelection
 from ..training.checkpoint import read_checkpoint
 from ..training.loop import train
@@ -24,8 +25,9 @@ from ..reporting.tables import format_block_table, per_block_text, results_table
 from .select import run_selection
 
 
-def criteria_gaps_text(rows: Sequence[BlockRow], per_block: dict) -> str:
-    """One line: the block each criterion picks and its gap to the best block (average AUROC points)."""
+def criteria_gaps_text(rows: Sequence[BlockRow], per_block: dict, every_block: Mapping[str, float] = {}) -> str:
+    """One line: the block each criterion picks and its gap to the best block (average AUROC points), then the
+    gap of each method that reads every block (``every_block``: method -> its average AUROC in percent)."""
     aurocs = {block: 100.0 * per_set[AVERAGE]["auroc"] for block, per_set in per_block.items()}
     best = max(aurocs.values())
     picks = []
@@ -35,6 +37,7 @@ def criteria_gaps_text(rows: Sequence[BlockRow], per_block: dict) -> str:
         except ValueError:  # a criterion whose kinds were not measured
             continue
         picks.append(f"{criterion} {block} ({best - aurocs[block]:.2f})")
+    picks += [f"{name} {EVERY_BLOCK} ({best - auroc:.2f})" for name, auroc in every_block.items()]
     return "each criterion's block (points short of the best): " + ", ".join(picks)
 
 
@@ -94,7 +97,7 @@ def run_quickstart(config: str | Path = "conf/digits.json", overrides: Sequence[
         print(f"oracle gap: best block {oracle['best_block']} {100 * oracle['best_auroc']:.2f}, selected block "
               f"{oracle['selected_block']} {100 * oracle['selected_auroc']:.2f}, difference "
               f"{100 * oracle['difference']:.2f} AUROC points")
-        print(criteria_gaps_text(selection.rows, results["per_block"]))
+        print(criteria_gaps_text(selection.rows, results["per_block"], every_block_aurocs(results)))
     plots = [save_dir / name for name in ("norm_ratio.png", "feature_norm_hist.png", "norm_ratio_vs_auroc.png")]
     print("\nplots:")
     for plot in plots:

@@ -218,3 +218,41 @@ def test_the_quick_start_line_gives_each_criterions_block_and_gap():
     assert criteria_gaps_text(rows, per_block) == (
         "each criterion's block (points short of the best): norm_ratio b2 (20.00), auroc b1 (0.00), "
         "mean_rank b1 (0.00), mean_auroc b1 (0.00), min_auroc b1 (0.00)")
+
+
+def _with_profile(folder: Path, auroc: float) -> Path:
+    """Add a norm_profile (every-block method) result with average AUROC ``auroc`` to a run folder."""
+    path = folder / "ood_results.json"
+    res = json.loads(path.read_text())
+    res["methods"]["norm_profile"] = {"a": {"auroc": auroc}, "average": {"auroc": auroc}}
+    path.write_text(json.dumps(res))
+    return folder
+
+
+def test_a_method_that_reads_every_block_is_a_rule_with_no_block_and_can_beat_the_best(two_runs, study_runs,
+                                                                                      tmp_path):
+    # runs' best blocks: 90 % and 95 %; norm_profile 93 % and 96 %: gaps -3 and -1
+    _with_profile(two_runs[0].folder, 0.93)
+    _with_profile(two_runs[1].folder, 0.96)
+    runs = [read_run(run.folder) for run in two_runs]
+    rows = {row.rule: row for row in choice_rows(runs)}
+    assert rows["norm_profile"].blocks == ["every block", "every block"]
+    assert rows["norm_profile"].auroc.mean == pytest.approx(94.5) and rows["norm_profile"].gap.mean == \
+        pytest.approx(-2.0)
+    assert "| norm_profile | every block ×2 | 94.50 ± 2.12 | -2.00 ± 1.41 |" in choice_table(list(rows.values()))
+    # only when every run has it
+    assert "norm_profile" not in {row.rule for row in choice_rows([runs[0], read_run(study_runs[2])])}
+    # the study: norm_profile's development gap (-2) is the smallest, so it is recommended; held-out 90 - 85 = 5
+    _with_profile(study_runs[2], 0.85)
+    report = run_study(study_runs[:2], study_runs[2:], tmp_path / "out")
+    assert report["recommended"] == "norm_profile"
+    assert report["models"][0]["picks"]["norm_profile"] == "every block"
+    assert "| norm_profile (recommended) | -2.00 ± 1.41 | 5.00 ± 0.00 | 5.00 (held) |" in \
+        (tmp_path / "out" / "study.md").read_text()
+
+
+def test_the_quick_start_line_gives_the_every_block_methods_gap_after_the_criteria():
+    rows = BlockSelection.from_dict(selection([0.9, 1.0, 1.1], [0.2, 0.7, 0.6], [0.8, 0.7, 0.1])).rows
+    per_block = results([0.60, 0.90, 0.70], 0.9, 0.5)["per_block"]
+    assert criteria_gaps_text(rows, per_block, {"norm_profile": 87.5}).endswith(
+        "min_auroc b1 (0.00), norm_profile every block (2.50)")
