@@ -70,4 +70,4 @@ for entry in "${MODELS[@]}"; do
   [ -f "$RUN/ood_results.json" ] || run "$PY" eval_ood.py "${SETS[@]}" --methods featurenorm,norm_profile --all-blocks "${OOD[@]}"
 done
 run "$PY" scripts/study_blocks.py --dev "$DEV"/*_seed* --held-out $(for e in "${MODELS[@]}"; do echo "$RUNS/${e%%|*}"; done) \
-  --out results/block_study
+  --out results/block_study --without gaussian_noise,uniform_noise

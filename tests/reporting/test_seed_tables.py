@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from featurenorm.reporting.block_study import evidence, model_row, recommend, run_study, spearman
+from featurenorm.reporting.block_study import evidence, model_row, recommend, run_study, spearman, without_sets
 from featurenorm.errors import UserError
 from featurenorm.reporting.seed_tables import block_table, choice_rows, choice_table, read_run, write_family_summary
 from featurenorm.reporting.summary import format_summary, summarize_results
@@ -256,3 +256,18 @@ def test_the_quick_start_line_gives_the_every_block_methods_gap_after_the_criter
     per_block = results([0.60, 0.90, 0.70], 0.9, 0.5)["per_block"]
     assert criteria_gaps_text(rows, per_block, {"norm_profile": 87.5}).endswith(
         "min_auroc b1 (0.00), norm_profile every block (2.50)")
+
+
+def test_leaving_sets_out_recomputes_every_average_from_the_sets_kept(two_runs, tmp_path):
+    run = two_runs[0]
+    # per block: set a = average - 0.1, set b = average + 0.1; msp: a 0.5, b 0.6
+    kept = without_sets(run, ["b"])
+    assert [per_set["average"]["auroc"] for per_set in kept.results["per_block"].values()] == \
+        pytest.approx([0.5, 0.8, 0.6])
+    assert kept.results["methods"]["msp"]["average"]["auroc"] == pytest.approx(0.5)
+    assert run.results["per_block"]["b0"]["average"]["auroc"] == pytest.approx(0.6)  # the run itself is unchanged
+    with pytest.raises(ValueError, match="no OOD set is left"):
+        without_sets(run, ["a", "b"])
+    report = run_study([run.folder], [two_runs[1].folder], tmp_path / "out", without=["a"])
+    assert report["without"]["sets"] == ["a"] and report["without"]["models"][0]["best_auroc"] == pytest.approx(100.0)
+    assert "## Rules without a" in (tmp_path / "out" / "study.md").read_text()
