@@ -7,7 +7,7 @@
 Each RUN folder holds block_selection.json (several pseudo-OOD kinds) and ood_results.json written
 with --all-blocks. The criterion with the smallest mean gap on the --dev models is recommended, and
 reported on the --held-out ones; --without adds the same table with those OOD sets left out of the
-averages. Writes study.md, study.json and evidence.png.
+averages. Writes study.md, study.json, evidence.png and gaps.png.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@
 #
 # Development models: the six runs of scripts/reproduce_mnist_family.sh (run it first).
 # Held-out models: the MODELS below, trained here into runs/block_study/. A finished stage is skipped.
-# Writes results/block_study/ (study.md, study.json, evidence.png) with scripts/study_blocks.py.
+# Writes results/block_study/ (study.md, study.json, evidence.png, gaps.png) with scripts/study_blocks.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY_RUN=0

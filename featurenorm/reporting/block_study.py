@@ -183,9 +183,29 @@ def plot_evidence(rows: Sequence[ModelRow], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_gaps(rows: Sequence[ModelRow], path: str | Path) -> Path:
+    """Bars: per model (held-out ones marked *), each rule's gap to the best block in AUROC points."""
+    plt = pyplot()
+    rules = list(rows[0].gaps)
+    width = 0.8 / len(rules)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(rows), 3.8))
+    for number, rule in enumerate(rules):
+        ax.bar(np.arange(len(rows)) + (number - (len(rules) - 1) / 2) * width, [r.gaps[rule] for r in rows],
+               width, label=rule)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r.name}{' *' if r.part == 'held-out' else ''}" for r in rows], rotation=60, ha="right",
+                       fontsize=7)
+    ax.set_ylabel("AUROC points short of the best block")
+    ax.set_title("Each rule's gap to the best block in hindsight (* = held-out; below 0: better than it)")
+    ax.legend(fontsize=7, ncol=3)
+    return save_figure(fig, path)
+
+
 def run_study(development: Sequence[str | Path], held_out: Sequence[str | Path], out: str | Path,
               without: Sequence[str] = ()) -> dict[str, Any]:
-    """Read the run folders, write ``study.md``, ``study.json`` and ``evidence.png`` to ``out``; return the report.
+    """Read the run folders, write ``study.md``, ``study.json``, ``evidence.png`` and ``gaps.png`` to ``out``; return
+    the report.
 
     ``without``: OOD sets to leave out of a second rules table (e.g. the synthetic noise sets, which any
     rule that reacts to noise passes easily); the recommendation is made on all sets.
@@ -196,6 +216,7 @@ def run_study(development: Sequence[str | Path], held_out: Sequence[str | Path],
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_evidence(rows, out / "evidence.png")
+    plot_gaps(rows, out / "gaps.png")
     text = ["# Block-selection study", "",
             f"{sum(r.part == 'development' for r in rows)} development and {sum(r.part == 'held-out' for r in rows)} "
             f"held-out models. Gap: AUROC points between the best block in hindsight and the block picked "

@@ -209,7 +209,7 @@ def test_run_study_writes_tables_and_plot(study_runs, tmp_path):
     assert "| auroc (recommended) | 0.00 ± 0.00 | 40.00 ± 0.00 | 40.00 (held) |" in text
     assert "| norm_ratio | 17.50 ± 3.54 |" in text
     assert json.loads((tmp_path / "out" / "study.json").read_text())["models"][2]["part"] == "held-out"
-    assert (tmp_path / "out" / "evidence.png").stat().st_size > 0
+    assert (tmp_path / "out" / "evidence.png").stat().st_size > 0 and (tmp_path / "out" / "gaps.png").stat().st_size > 0
 
 
 def test_the_quick_start_line_gives_each_criterions_block_and_gap():
