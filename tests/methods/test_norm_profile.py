@@ -120,3 +120,31 @@ def test_evaluate_fits_on_the_id_train_block_norms_and_scores_every_block():
         assert got.tolist() == pytest.approx((-((centered @ precision) * centered).sum(1)).tolist(), rel=1e-4)
     results = evaluate(model, [test], {"bright": [ood]}, ["norm_profile"], fit_loader=fit_loader)
     assert 0.0 <= results["methods"]["norm_profile"]["bright"]["auroc"] <= 1.0
+
+
+def test_one_block_is_the_squared_z_score_of_its_log_norm():
+    train = torch.tensor([[1.0], [math.e ** 2]], dtype=torch.float64)  # log norms 0 and 2: mean 1, variance 1
+    method = NormProfile()
+    method.fit(train, torch.zeros(2, dtype=torch.long), None)
+    scores = method.score(Outputs(block_norms=torch.tensor([[math.e], [math.e ** 4], [1 / math.e]],
+                                                           dtype=torch.float64)), None)
+    assert scores.tolist() == pytest.approx([0.0, -9.0, -4.0], abs=1e-9)
+
+
+def test_a_block_constant_on_id_train_is_ignored_and_ties_stay_ties():
+    # block 2 has the same norm on every ID-train image: no variance, so pinv gives it no weight
+    train = torch.cat([TRAIN[:, :1], torch.full((4, 1), 5.0, dtype=torch.float64)], 1)
+    method = NormProfile()
+    method.fit(train, torch.zeros(4, dtype=torch.long), None)
+    e = math.e
+    scores = method.score(Outputs(block_norms=torch.tensor([[e ** 3, 5.0], [e ** 3, 500.0], [e ** -1, 5.0]],
+                                                           dtype=torch.float64)), None)
+    # block 1: log norms 0, 2, 0, 2 -> mean 1, variance 1; queries at log 3, 3, -1: all 4 from the mean
+    assert scores.tolist() == pytest.approx([-4.0, -4.0, -4.0], abs=1e-9)
+
+
+def test_a_nan_norm_gives_a_nan_score_for_the_evaluator_to_report():
+    method = NormProfile()
+    method.fit(TRAIN, torch.zeros(4, dtype=torch.long), None)
+    scores = method.score(Outputs(block_norms=torch.tensor([[float("nan"), 1.0], [1.0, 1.0]])), None)
+    assert math.isnan(scores[0].item()) and math.isfinite(scores[1].item())
