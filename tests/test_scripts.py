@@ -290,3 +290,28 @@ def test_reproduce_openood_without_data_says_what_to_download(tmp_path):
     assert f"{tmp_path}/data/openood/results/{OPENOOD_CKPT}/s2/best.ckpt" in out.stderr
     assert "openood-checkpoints: download https://drive.google.com/" in out.stderr
     assert run_bash("reproduce_openood.sh", "a", "b").returncode == 2
+
+
+def test_the_study_variant_called_norm_profile_is_the_library_method():
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from featurenorm.methods import Outputs
+    from featurenorm.methods.norm_profile import NormProfile
+
+    spec = importlib.util.spec_from_file_location("profile_variants", REPO / "scripts" / "profile_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    rng = np.random.default_rng(0)
+    train, queries = np.exp(rng.normal(size=(50, 3))), np.exp(rng.normal(size=(7, 3)) * 2)
+    method = NormProfile()
+    method.fit(torch.tensor(train), torch.zeros(50, dtype=torch.long), None)
+    expected = method.score(Outputs(block_norms=torch.tensor(queries)), None).numpy()
+    got = variants.VARIANTS["log norms, full covariance (norm_profile)"](train)(queries)
+    assert got == pytest.approx(expected, rel=1e-9)
+    # the one-sided mean z-score by hand: block means/stds of the log norms
+    logs = np.log(train)
+    z = (np.log(queries) - logs.mean(0)) / (logs.std(0) + 1e-12)
+    assert variants.VARIANTS["mean z-score of the log norms (one-sided)"](train)(queries) == pytest.approx(z.mean(1))

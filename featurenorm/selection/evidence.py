@@ -47,5 +47,6 @@ def selection_warnings(rows: Sequence[BlockRow], criterion: str,
                                f"best {best[kind]} {max(values):.2f})")
         if against:
             notes.append(f"strong disagreement: the chosen block {chosen.name} ranks in the bottom half for "
-                         + ", ".join(against) + "; compare --criterion mean_auroc and the per-kind table")
+                         + ", ".join(against) + "; compare --criterion mean_auroc and the per-kind table, or score "
+                         "with the norm_profile method, which reads every block and needs no choice")
     return notes
