@@ -188,7 +188,7 @@ def plot_gaps(rows: Sequence[ModelRow], path: str | Path) -> Path:
     plt = pyplot()
     rules = list(rows[0].gaps)
     width = 0.8 / len(rules)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(rows), 3.8))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(rows), 5.5))
     for number, rule in enumerate(rules):
         ax.bar(np.arange(len(rows)) + (number - (len(rules) - 1) / 2) * width, [r.gaps[rule] for r in rows],
                width, label=rule)
@@ -196,7 +196,7 @@ def plot_gaps(rows: Sequence[ModelRow], path: str | Path) -> Path:
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r.name}{' *' if r.part == 'held-out' else ''}" for r in rows], rotation=60, ha="right",
                        fontsize=7)
-    ax.set_ylabel("AUROC points short of the best block")
+    ax.set_ylabel("gap (AUROC points)")
     ax.set_title("Each rule's gap to the best block in hindsight (* = held-out; below 0: better than it)")
     ax.legend(fontsize=7, ncol=3)
     return save_figure(fig, path)
