@@ -26,6 +26,7 @@ from featurenorm.data.ood import check_ood_source, open_ood, resolve_ood_sources
 from featurenorm.data.splits import load_split
 from featurenorm.errors import run_cli
 from featurenorm.evaluation.scoring import Scorer, score_dataset
+from featurenorm.methods.norm_profile import norm_profile_score, profile_mean_and_precision
 from featurenorm.reporting.summary import mean_std
 from featurenorm.training.checkpoint import load_run_model
 
@@ -41,6 +42,12 @@ def _mahalanobis(profiles: np.ndarray, covariance: np.ndarray) -> Score:
     return lambda p: -np.einsum("ij,jk,ik->i", p - mean, precision, p - mean)
 
 
+def _norm_profile(train: np.ndarray) -> Score:
+    """The shipped method itself (featurenorm.methods.norm_profile), fitted on ``train``."""
+    mean, precision = profile_mean_and_precision(torch.from_numpy(train))
+    return lambda x: norm_profile_score(torch.from_numpy(x), mean, precision).numpy()
+
+
 def _zscores(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     mean, std = _log(train).mean(0), _log(train).std(0) + 1e-12
     return lambda x: (_log(x) - mean) / std
@@ -48,8 +55,7 @@ def _zscores(train: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 # variant -> (fit on ID-train norms (N, K)) -> score of norms (B, K), higher = more ID
 VARIANTS: dict[str, Callable[[np.ndarray], Score]] = {
-    "log norms, full covariance (norm_profile)":
-        lambda t: (lambda f: lambda x: f(_log(x)))(_mahalanobis(_log(t), np.cov(_log(t), rowvar=False, bias=True))),
+    "log norms, full covariance (norm_profile)": lambda t: _norm_profile(t),
     "norms, full covariance": lambda t: _mahalanobis(t, np.cov(t, rowvar=False, bias=True)),
     "log norms, diagonal covariance": lambda t: (lambda z: lambda x: -(z(x) ** 2).sum(1))(_zscores(t)),
     "mean z-score of the log norms (one-sided)": lambda t: (lambda z: lambda x: z(x).mean(1))(_zscores(t)),

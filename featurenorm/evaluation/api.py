@@ -21,7 +21,7 @@ from ..core.block_rows import SelectedBlock
 from ..core.blocks import candidate_blocks, classifier_parts, model_device
 from ..errors import UserError
 from ..methods import METHODS, build_method, method_names
-from ..methods.base import PAPER_METHOD, Method, uses_all_blocks, uses_block
+from ..methods.base import PAPER_METHOD, Method, fits_on_block_norms, uses_all_blocks, uses_block
 from ..selection.api import select_block
 from .results import FitStatus, ResultsMeta, assemble_results
 from .scoring import DatasetScores, Scorer, collect_features, score_dataset
@@ -120,7 +120,7 @@ def evaluate_scores(model: nn.Module, id_loader: Iterable, ood_loaders: Mapping[
         if unfitted:
             if fit_loader is None:
                 raise ValueError(f"method(s) {', '.join(unfitted)} need ID-train statistics: pass fit_loader=")
-            tapped = candidates if any(m.fit_on == "block_norms" for m in unfitted.values()) else None
+            tapped = candidates if fits_on_block_norms(unfitted.values()) else None
             data = collect_features(forward_features, fit_loader, model_device(model), amp, progress, model=model,
                                     blocks=tapped)
             for name, method in unfitted.items():

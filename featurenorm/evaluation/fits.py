@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from .. import files
 from ..core.blocks import model_device
+from ..methods.base import fits_on_block_norms
 from ..training.checkpoint import WeightsSource
 from ..config import Config
 from .results import FitStatus
@@ -82,7 +83,7 @@ def fit_with_cache(cfg: Config, model: nn.Module, methods: dict[str, Any], check
         print(f"reusing cached ID-train fits from {cache_dir}: {', '.join(status)}", file=sys.stderr)
     if missing:
         forward_features, head = classifier_parts(model)
-        tapped = blocks if any(method.fit_on == "block_norms" for method, _ in missing.values()) else None
+        tapped = blocks if fits_on_block_norms(method for method, _ in missing.values()) else None
         data = collect_features(forward_features, fit_loader(), model_device(model), amp, progress and is_main,
                                 model=model, blocks=tapped)
         for name, (method, path) in missing.items():

@@ -10,7 +10,7 @@ to the input images, so the engine runs them in their own pass through ``score_i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -219,6 +219,12 @@ def fitted(value: T | None, method: str) -> T:
 def float64_device(device: torch.device) -> torch.device:
     """Where float64 math can run: ``device`` itself, except MPS (no float64 there), which uses CPU."""
     return torch.device("cpu") if device.type == "mps" else device
+
+
+def fits_on_block_norms(methods: Iterable[Any]) -> bool:
+    """Whether any of ``methods`` (instances or classes) learns from the ID-train block norms (``fit_on``), so
+    that the fit pass must tap the candidate blocks."""
+    return any(method.fit_on == "block_norms" for method in methods)
 
 
 def uses_all_blocks(method: Any) -> bool:
